@@ -1,0 +1,195 @@
+"""The ``dsexport`` command: run, validate and inspect the same manifests that ``kubectl apply`` takes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dsexport import local, manifests, schedule
+from dsexport.exporter import DatasetResult, ExportRequest, Outcome
+
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+_files_option = click.option(
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="YAML file with Dataset, Destination, DatasetExport and Secret documents (repeatable).",
+)
+
+
+def _parse_at(value: str | None) -> dt.datetime:
+    if value is None:
+        return dt.datetime.now(dt.UTC)
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an RFC 3339 time such as 2026-12-01T09:30:00Z") from None
+    if parsed.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no time zone; add Z for UTC, e.g. 2026-12-01T09:30:00Z")
+    return parsed.astimezone(dt.UTC)
+
+
+def _load(files: Sequence[str]) -> manifests.Bundle:
+    try:
+        return manifests.load_files(files)
+    except manifests.ManifestError as e:
+        click.echo(f"error: invalid manifests:\n{e}", err=True)
+        raise SystemExit(EXIT_INVALID) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dsexport")
+def main() -> None:
+    """Export datasets to cloud storage, exactly once, on a schedule.
+
+    Locally, `dsexport run -f flow.yaml` runs the DatasetExports in the files once; in a cluster the operator
+    runs the same code from a CronJob.
+    """
+
+
+@main.command()
+@_files_option
+@click.option("--export", "exports", multiple=True, help="Run only this DatasetExport (repeatable).")
+@click.option("--at", "at", help="Run as if at this RFC 3339 time: picks the slot, i.e. the exportTime folder.")
+@click.option("--reset", "resets", multiple=True, help="Dataset whose next export is a full backfill.")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def run(files: tuple[str, ...], exports: tuple[str, ...], at: str | None, resets: tuple[str, ...], output: str) -> None:
+    """Run the DatasetExports in FILES once and print a summary; exit 1 if any dataset failed."""
+    bundle = _load(files)
+    when = _parse_at(at)
+    try:
+        plan = local.requests(bundle, exports=exports, at=when, resets=resets)
+    except manifests.ManifestError as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(EXIT_INVALID) from None
+    console = Console(stderr=True)
+    if output == "text" and console.is_terminal:
+        results = _run_with_progress(bundle, plan, console)
+    else:
+        results = local.run(bundle, plan)
+    if output == "json":
+        ok = all(r.outcome != Outcome.failed for r in results)
+        click.echo(json.dumps({"ok": ok, "at": when.isoformat(), "results": [r.as_json() for r in results]}, indent=2))
+    else:
+        Console().print(_summary(results))
+        for r in results:
+            if r.outcome == Outcome.failed:
+                click.echo(f"error: {r.flow}/{r.dataset}: {r.message}", err=True)
+    if any(r.outcome == Outcome.failed for r in results):
+        raise SystemExit(EXIT_FAILED)
+
+
+def _run_with_progress(bundle: manifests.Bundle, plan: list[ExportRequest], console: Console) -> list[DatasetResult]:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} rows"))
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def on_start(request: ExportRequest) -> None:
+            progress.update(task, description=f"{request.flow}/{request.dataset.metadata.name}", completed=0)
+
+        return local.run(bundle, plan, on_start=on_start, on_records=lambda n: progress.advance(task, n))
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+_STYLE = {
+    Outcome.exported: "green",
+    Outcome.failed: "bold red",
+    Outcome.no_new_data: "cyan",
+    Outcome.already_committed: "cyan",
+    Outcome.suspended: "yellow",
+}
+
+
+def _summary(results: list[DatasetResult]) -> Table:
+    table = Table(title="dsexport run", title_justify="left")
+    for col, justify in [
+        ("Export", "left"),
+        ("Dataset", "left"),
+        ("Outcome", "left"),
+        ("exportTime", "left"),
+        ("Records", "right"),
+        ("Files", "right"),
+        ("Bytes", "right"),
+        ("Watermark", "left"),
+    ]:
+        table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in results:
+        wm = r.watermark.get("to") if r.watermark else None
+        table.add_row(
+            r.flow,
+            r.dataset,
+            f"[{_STYLE[r.outcome]}]{r.outcome.value}[/]",
+            r.export_time or "-",
+            f"{r.records:,}",
+            str(r.files),
+            _human_bytes(r.bytes),
+            str(wm) if wm is not None else "-",
+        )
+    return table
+
+
+@main.command()
+@_files_option
+def validate(files: tuple[str, ...]) -> None:
+    """Check FILES against the same rules as the CRDs (and their references); exit 2 on any problem."""
+    bundle = _load(files)
+    counts = f"{len(bundle.datasets)} Dataset(s), {len(bundle.destinations)} Destination(s), "
+    click.echo(f"ok: {counts}{len(bundle.exports)} DatasetExport(s)")
+
+
+@main.command(name="schedule")
+@_files_option
+@click.option("--count", default=5, show_default=True, help="How many next export times to show.")
+@click.option("--after", "after", help="Show export times after this RFC 3339 time (default: now).")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def schedule_cmd(files: tuple[str, ...], count: int, after: str | None, output: str) -> None:
+    """Print each dataset's CronJob schedule and its next export times."""
+    bundle = _load(files)
+    when = _parse_at(after)
+    rows: list[dict[str, Any]] = []
+    for name, flow in sorted(bundle.exports.items()):
+        for entry in flow.spec.datasets:
+            sched = entry.schedule or flow.spec.schedule
+            cron = schedule.cron_schedule(sched)
+            upcoming = schedule.next_slots(sched, after=when, count=count)
+            rows.append(
+                {
+                    "export": name,
+                    "dataset": entry.name,
+                    "cron": cron.expression,
+                    "timeZone": cron.time_zone,
+                    "next": [s.isoformat().replace("+00:00", "Z") for s in upcoming],
+                }
+            )
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['export']}/{row['dataset']}: cron {row['cron']!r} ({row['timeZone']})")
+        for t in row["next"] or ["(no more exports: the schedule has ended)"]:
+            click.echo(f"  {t}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The storage primitives the commit protocol needs, and nothing more, so every backend can offer them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import BinaryIO
+
+
+class DestinationError(RuntimeError):
+    """A destination operation failed; the message names the destination and never carries a secret."""
+
+
+class AlreadyExistsError(DestinationError):
+    """A create-only write found the key already there: another writer committed first."""
+
+
+class Transport(ABC):
+    """Keys are ``/``-separated paths relative to the destination's root (a folder, a bucket, a container)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A human-readable location for messages, e.g. ``filesystem:/data/exports``."""
+
+    @abstractmethod
+    def open_write(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """A file that appears under ``key`` only if the block exits without error (never half-written)."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        """Write a small object atomically; with ``create_only`` raise AlreadyExistsError if it exists."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None if there is none."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list_prefixes(self, prefix: str) -> list[str]:
+        """Names of the immediate sub-folders of ``prefix`` (without trailing slash)."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """Every key under ``prefix``, recursively, including temporary leftovers of killed writers."""
+
+    @abstractmethod
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete keys; missing ones are not an error (a previous cleanup may have got there first)."""
+
+    def close(self) -> None:  # noqa: B027 - most transports hold nothing to release
+        """Release connections."""
+
+
+def join(*parts: str) -> str:
+    """Join key parts, ignoring empty ones (an empty destination folder means the root)."""
+    return "/".join(p.strip("/") for p in parts if p.strip("/"))

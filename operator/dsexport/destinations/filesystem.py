@@ -1,0 +1,105 @@
+"""A local or mounted folder: temporary name, fsync, then rename, so a reader never sees a partial file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport
+
+TEMP_MARKER = ".tmp-"
+
+
+class FilesystemTransport(Transport):
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return f"filesystem:{self.root}"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise DestinationError(f"{self.describe()}: key {key!r} escapes the destination folder")
+        return path
+
+    def _temp_for(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.with_name(f".{path.name}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        final = self._path(key)
+        temp = self._temp_for(final)
+        try:
+            with temp.open("wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            temp.replace(final)
+            _fsync_dir(final.parent)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        final = self._path(key)
+        temp = self._temp_for(final)
+        try:
+            with temp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if create_only:
+                # link() refuses an existing target atomically, which rename() would silently replace.
+                try:
+                    os.link(temp, final)
+                except FileExistsError:
+                    raise AlreadyExistsError(f"{self.describe()}: {key} already exists") from None
+            else:
+                temp.replace(final)
+            _fsync_dir(final.parent)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        try:
+            return sorted(e.name for e in os.scandir(self._path(prefix)) if e.is_dir())
+        except FileNotFoundError:
+            return []
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        base = self._path(prefix)
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                yield Path(dirpath, name).relative_to(self.root.resolve()).as_posix()
+
+    def delete(self, keys: Iterable[str]) -> None:
+        parents = set()
+        for key in keys:
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            parents.add(path.parent)
+        for parent in parents:
+            _fsync_dir(parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or unlink durable: without it a power cut can undo the commit's visibility."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,160 @@
+"""Streaming record batches into rolling part files (Parquet or NDJSON), hashing the bytes as they go out.
+
+Hashing inline, while the bytes are hot, costs far less than reading each file back, and it is the only way
+that works the same for local files and uploads.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dsexport import jsonenc, resources
+from dsexport.destinations import Transport, join
+
+
+@dataclass(frozen=True)
+class PartFile:
+    """A data file as listed in the manifest."""
+
+    path: str  # relative to the exportTime folder
+    records: int
+    bytes: int
+    sha256: str
+
+
+class _HashingSink(io.RawIOBase):
+    """Counts and hashes the bytes written through it to the underlying file."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self.inner = inner
+        self.digest = hashlib.sha256()
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(data)
+        self.digest.update(view)
+        self.inner.write(view)
+        self.count += view.nbytes
+        return view.nbytes
+
+
+class _FormatWriter(Protocol):
+    def write(self, batch: pa.RecordBatch) -> None: ...
+    def close(self) -> None: ...
+
+
+class _ParquetPart:
+    def __init__(self, sink: _HashingSink, schema: pa.Schema, compression: str) -> None:
+        self.writer = pq.ParquetWriter(sink, schema, compression=compression, write_statistics=True)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.writer.write_batch(batch)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _JsonPart:
+    def __init__(self, sink: _HashingSink, compression: str) -> None:
+        # mtime=0 keeps gzip output a function of the data alone, so a retried part has the same sha256.
+        self.gz = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=6, mtime=0) if compression == "gzip" else None
+        self.writer = jsonenc.NdjsonWriter(self.gz if self.gz is not None else sink)  # type: ignore[arg-type]
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.writer.write(batch)
+
+    def close(self) -> None:
+        if self.gz is not None:
+            self.gz.close()
+
+
+def extension(fmt: resources.Format) -> str:
+    if fmt.type == resources.OutputFormat.parquet:
+        return ".parquet"
+    return ".json.gz" if fmt.effective_compression == "gzip" else ".json"
+
+
+def part_name(index: int, run_id: str, fmt: resources.Format) -> str:
+    return f"part-{index:05d}-{run_id}{extension(fmt)}"
+
+
+class _Part:
+    """One part file being written: finish() makes it visible, abort() leaves nothing behind."""
+
+    def __init__(self, transport: Transport, folder: str, name: str, schema: pa.Schema, fmt: resources.Format):
+        self.name = name
+        self.records = 0
+        self._target = transport.open_write(join(folder, name))
+        self.sink = _HashingSink(self._target.__enter__())
+        compression = fmt.effective_compression
+        self.writer: _FormatWriter = (
+            _ParquetPart(self.sink, schema, compression)
+            if fmt.type == resources.OutputFormat.parquet
+            else _JsonPart(self.sink, compression)
+        )
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.writer.write(batch)
+        self.records += batch.num_rows
+
+    def finish(self) -> PartFile:
+        self.writer.close()
+        self._target.__exit__(None, None, None)
+        return PartFile(self.name, self.records, self.sink.count, self.sink.digest.hexdigest())
+
+    def abort(self, error: BaseException) -> None:
+        self._target.__exit__(type(error), error, error.__traceback__)
+
+
+def write_parts(
+    batches: Iterable[pa.RecordBatch],
+    *,
+    schema: pa.Schema,
+    fmt: resources.Format,
+    transport: Transport,
+    folder: str,
+    run_id: str,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[PartFile]:
+    """Write every batch into part files under ``folder``, starting a new part at the configured limits.
+
+    Parts become visible only as whole files (the transport's atomic write); the manifest, written later by
+    the caller, is what commits them.
+    """
+    max_records = fmt.effective_max_records
+    max_bytes = fmt.effective_max_bytes
+    parts: list[PartFile] = []
+    part: _Part | None = None
+    try:
+        for batch in batches:
+            offset = 0
+            while offset < batch.num_rows:
+                if part is None:
+                    part = _Part(transport, folder, part_name(len(parts), run_id, fmt), schema, fmt)
+                take = min(batch.num_rows - offset, max_records - part.records)
+                part.write(batch if take == batch.num_rows else batch.slice(offset, take))
+                offset += take
+                if on_batch is not None:
+                    on_batch(take)
+                if part.records >= max_records or part.sink.count >= max_bytes:
+                    parts.append(part.finish())
+                    part = None
+        if part is not None:
+            parts.append(part.finish())
+            part = None
+    except BaseException as error:
+        if part is not None:
+            part.abort(error)
+        raise
+    return parts
