@@ -92,8 +92,19 @@ class FilesystemTransport(Transport):
             path = self._path(key)
             path.unlink(missing_ok=True)
             parents.add(path.parent)
+        root = self.root.resolve()
         for parent in parents:
+            if not parent.exists():
+                continue
             _fsync_dir(parent)
+            # Object stores have no empty folders; pruning them here keeps listings the same on every backend.
+            folder = parent
+            while folder != root and folder.is_relative_to(root):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                folder = folder.parent
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,0 +1,217 @@
+"""End-to-end local mode against a filesystem destination: backfill, incremental, full, formats, reset."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from dsexport import local, manifests, sample
+from dsexport.exporter import Outcome, run_id
+from tests.helpers import START, committed, flow_yaml, read_committed_ids, source_ids
+
+T0 = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)  # slot 2026-12-01 00:00 (hourly, every 3 h)
+
+
+def first_run_id(result: local.DatasetResult) -> str:
+    return run_id("flow", result.dataset_id, str(result.export_time))
+
+
+def run(flow: Path, at: dt.datetime, resets: tuple[str, ...] = ()) -> list[local.DatasetResult]:
+    bundle = manifests.load_files([flow])
+    return local.run(bundle, local.requests(bundle, at=at, resets=resets))
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    path = tmp_path / "lake"
+    sample.write_files(path, files=3, rows_per_file=2_000, seed=1, start=START)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fmt", "compression", "suffix"),
+    [("parquet", None, ".parquet"), ("parquet", "zstd", ".parquet"), ("json", None, ".json"), ("json", "gzip", ".json.gz")],
+)
+def test_backfill_then_incremental(tmp_path: Path, src: Path, fmt: str, compression: str | None, suffix: str) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest, fmt=fmt, compression=compression, max_records=2_500)
+
+    [first] = run(flow, T0)
+    assert first.outcome == Outcome.exported, first.message
+    assert (first.records, first.files, first.export_time) == (6_000, 3, "202612010000")
+    slot = dest / "out" / "events" / "exportTime=202612010000"
+    names = sorted(p.name for p in slot.iterdir())
+    assert names[:2] == ["_SUCCESS", "_manifest.json"]
+    assert names[2:] == [f"part-0000{i}-{first_run_id(first)}{suffix}" for i in range(3)]
+
+    sample.write_files(src, files=1, rows_per_file=1_000, seed=7, start=START, id_offset=10_000)
+    [second] = run(flow, T0 + dt.timedelta(hours=3))
+    assert second.outcome == Outcome.exported, second.message
+    assert second.records == 1_000
+    manifests_ = committed(dest)
+    assert [m["backfill"] for m in manifests_] == [True, False]
+    assert sorted(read_committed_ids(dest)) == sorted(source_ids(src))
+
+
+def test_manifest_describes_every_file(tmp_path: Path, src: Path) -> None:
+    import hashlib
+
+    dest = tmp_path / "dest"
+    run(flow_yaml(tmp_path, source=src, dest=dest, max_records=4_000), T0)
+    [manifest] = committed(dest)
+    slot = dest / "out" / "events" / "exportTime=202612010000"
+    for entry in manifest["files"]:
+        data = (slot / entry["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert pq.ParquetFile(slot / entry["path"]).metadata.num_rows == entry["records"] <= 4_000
+    assert manifest["records"] == 6_000
+    assert manifest["mode"] == "incremental"
+    assert manifest["watermark"]["from"] is None
+    assert manifest["schema"]["fields"][0] == {"name": "_id", "type": "int64", "nullable": True}
+    assert len(manifest["sourceFiles"]) == 3
+
+
+def test_no_new_data_leaves_nothing_behind(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    run(flow, T0)
+    [result] = run(flow, T0 + dt.timedelta(hours=3))
+    assert result.outcome == Outcome.no_new_data
+    assert [p.name for p in (dest / "out" / "events").iterdir()] == ["exportTime=202612010000"]
+
+
+def test_same_slot_twice_is_a_no_op(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    run(flow, T0)
+    sample.write_files(src, files=1, rows_per_file=10, seed=3, start=START, id_offset=50_000)
+    [again] = run(flow, T0 + dt.timedelta(minutes=30))
+    assert again.outcome == Outcome.already_committed
+    assert len(read_committed_ids(dest)) == 6_000
+
+
+def test_full_mode_exports_a_snapshot_every_run(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest, mode="full")
+    run(flow, T0)
+    [second] = run(flow, T0 + dt.timedelta(hours=3))
+    assert second.records == 6_000
+    assert [m["mode"] for m in committed(dest)] == ["full", "full"]
+
+
+def test_reset_makes_the_next_export_a_backfill(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    run(flow, T0)
+    [reset] = run(flow, T0 + dt.timedelta(hours=3), resets=("events",))
+    assert (reset.outcome, reset.records) == (Outcome.exported, 6_000)
+    assert committed(dest)[-1]["reset"] is True
+    [after] = run(flow, T0 + dt.timedelta(hours=6))
+    assert after.outcome == Outcome.no_new_data
+
+
+def test_column_strategy_exports_rows_above_the_cursor(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest, strategy="column", column="ingested_at")
+    [first] = run(flow, T0)
+    assert first.records == 6_000
+    later = START + dt.timedelta(days=1)
+    sample.write_files(src, files=1, rows_per_file=500, seed=5, start=later, id_offset=20_000)
+    [second] = run(flow, T0 + dt.timedelta(hours=3))
+    assert second.records == 500
+    assert committed(dest)[-1]["state"]["column"] == "ingested_at"
+    [third] = run(flow, T0 + dt.timedelta(hours=6))
+    assert third.outcome == Outcome.no_new_data
+    assert sorted(read_committed_ids(dest)) == sorted(source_ids(src))
+
+
+def test_late_file_inside_lookback_is_exported_once(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest, lookback="15m")
+    run(flow, T0)
+    newest = max(p.stat().st_mtime_ns for p in src.glob("*.parquet"))
+    sample.write_files(src, files=1, rows_per_file=100, seed=9, start=START, id_offset=90_000)
+    late = src / "events-000000090000.parquet"
+    os.utime(late, ns=(newest - 5 * 60 * 10**9, newest - 5 * 60 * 10**9))  # visible late, modified 5 min earlier
+    [second] = run(flow, T0 + dt.timedelta(hours=3))
+    assert second.records == 100
+    [third] = run(flow, T0 + dt.timedelta(hours=6))
+    assert third.outcome == Outcome.no_new_data
+    assert sorted(read_committed_ids(dest)) == sorted(source_ids(src))
+
+
+def test_leftovers_of_a_killed_run_are_cleaned(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    slot = dest / "out" / "events" / "exportTime=202612010000"
+    slot.mkdir(parents=True)
+    (slot / "part-00007-deadbeef.parquet").write_bytes(b"half a file")
+    (slot / ".part-00000-x.parquet.tmp-1234").write_bytes(b"temp")
+    [result] = run(flow, T0)
+    assert result.outcome == Outcome.exported
+    assert not (slot / "part-00007-deadbeef.parquet").exists()
+    assert not list(slot.glob(".*"))
+
+
+def test_manifest_without_success_marker_is_completed(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    run(flow, T0)
+    marker = dest / "out" / "events" / "exportTime=202612010000" / "_SUCCESS"
+    marker.unlink()
+    [again] = run(flow, T0)
+    assert again.outcome == Outcome.already_committed
+    assert marker.exists()
+
+
+def test_watermark_survives_losing_everything_but_the_destination(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    run(flow_yaml(tmp_path, source=src, dest=dest), T0)
+    fresh = tmp_path / "elsewhere"
+    fresh.mkdir()
+    [result] = run(flow_yaml(fresh, source=src, dest=dest), T0 + dt.timedelta(hours=3))
+    assert result.outcome == Outcome.no_new_data
+
+
+def test_exports_move_forward_in_time(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    run(flow, T0 + dt.timedelta(days=1))
+    [behind] = run(flow, T0)
+    assert behind.outcome == Outcome.failed
+    assert "is before the latest committed export 202612020000" in behind.message
+
+
+def test_missing_source_fails_with_the_uri(tmp_path: Path) -> None:
+    flow = flow_yaml(tmp_path, source=tmp_path / "nope", dest=tmp_path / "dest")
+    [result] = run(flow, T0)
+    assert result.outcome == Outcome.failed
+    assert "nope" in result.message
+
+
+def test_run_before_the_first_slot_names_it(tmp_path: Path, src: Path) -> None:
+    flow = flow_yaml(tmp_path, source=src, dest=tmp_path / "dest")
+    [result] = run(flow, dt.datetime(2026, 10, 1, tzinfo=dt.UTC))
+    assert result.outcome == Outcome.failed
+    assert "first slot is 2026-11-01T00:00Z" in result.message
+
+
+def test_json_source_and_csv_source(tmp_path: Path) -> None:
+    src = tmp_path / "json-lake"
+    src.mkdir()
+    (src / "a.jsonl").write_text("\n".join(json.dumps({"_id": i, "v": f"x{i}"}) for i in range(10)) + "\n")
+    dest = tmp_path / "dest"
+    [result] = run(flow_yaml(tmp_path, source=src, dest=dest, source_format="json"), T0)
+    assert (result.outcome, result.records) == (Outcome.exported, 10)
+    csv_src = tmp_path / "csv-lake"
+    csv_src.mkdir()
+    (csv_src / "a.csv").write_text("_id,v\n" + "".join(f"{i},y{i}\n" for i in range(5)))
+    dest2 = tmp_path / "dest2"
+    [result2] = run(flow_yaml(tmp_path, source=csv_src, dest=dest2, source_format="csv"), T0)
+    assert (result2.outcome, result2.records) == (Outcome.exported, 5)
+    assert sorted(read_committed_ids(dest2)) == list(range(5))
