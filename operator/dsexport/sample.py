@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 EVENT_TYPES = ["web.webpagedetails.pageViews", "commerce.productViews", "commerce.productListAdds", "commerce.purchases"]
@@ -28,7 +29,7 @@ def events(n: int, *, seed: int, start: dt.datetime, id_offset: int = 0) -> pa.T
     ts = start_us + np.sort(rng.integers(0, 3_600_000_000, n))
     page = rng.integers(0, len(PAGES), n)
     page_names = pa.array(np.array(PAGES, dtype=object)[page])
-    urls = pa.compute.binary_join_element_wise("https://shop.example.com/", page_names, "")
+    urls = pc.binary_join_element_wise("https://shop.example.com/", page_names, "")
     web = pa.StructArray.from_arrays(
         [
             pa.StructArray.from_arrays([page_names, urls], ["name", "URL"]),

@@ -1,0 +1,125 @@
+"""The dsexport command as a user meets it: exit codes, messages with field paths, JSON output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from dsexport import sample
+from dsexport.cli import main
+from tests.helpers import START, flow_yaml
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_run_json_summary_and_exit_status(tmp_path: Path) -> None:
+    src = tmp_path / "lake"
+    sample.write_files(src, files=2, rows_per_file=300, seed=1, start=START)
+    flow = flow_yaml(tmp_path, source=src, dest=tmp_path / "dest")
+    code, out, _ = invoke("run", "-f", str(flow), "--at", "2026-12-01T10:00:00Z", "-o", "json")
+    assert code == 0
+    summary = json.loads(out)
+    [result] = summary["results"]
+    assert summary["ok"] is True
+    assert (result["outcome"], result["records"], result["files"], result["exportTime"]) == (
+        "exported",
+        600,
+        1,
+        "202612010900",
+    )
+    assert result["watermark"]["strategy"] == "files"
+    assert result["bytes"] > 0
+
+
+def test_run_text_summary_and_failure_exit(tmp_path: Path) -> None:
+    flow = flow_yaml(tmp_path, source=tmp_path / "missing", dest=tmp_path / "dest")
+    code, out, err = invoke("run", "-f", str(flow), "--at", "2026-12-01T10:00:00Z")
+    assert code == 1
+    assert "failed" in out
+    assert "error: flow/events: cannot list source" in err
+
+
+def test_at_without_time_zone_is_refused(tmp_path: Path) -> None:
+    flow = flow_yaml(tmp_path, source=tmp_path, dest=tmp_path / "dest")
+    code, _, err = invoke("run", "-f", str(flow), "--at", "2026-12-01T10:00:00")
+    assert code == 2
+    assert "has no time zone" in err
+
+
+def test_unknown_export_is_refused(tmp_path: Path) -> None:
+    flow = flow_yaml(tmp_path, source=tmp_path, dest=tmp_path / "dest")
+    code, _, err = invoke("run", "-f", str(flow), "--export", "nope")
+    assert code == 2
+    assert "DatasetExport 'nope' not found" in err
+
+
+def test_validate_reports_every_problem_with_its_path(tmp_path: Path) -> None:
+    flow = flow_yaml(tmp_path, source=tmp_path, dest=tmp_path / "dest")
+    docs = list(yaml.safe_load_all(flow.read_text()))
+    docs[0]["spec"]["incremental"] = {"strategy": "column"}
+    docs[1]["spec"]["format"] = {"type": "json", "compression": "snappy"}
+    docs[2]["spec"]["schedule"] = {"frequency": "daily", "interval": 6}
+    docs[2]["spec"]["datasets"].append({"name": "ghost"})
+    flow.write_text(yaml.safe_dump_all(docs))
+    code, _, err = invoke("validate", "-f", str(flow))
+    assert code == 2
+    assert "Dataset/events" in err and "spec.incremental: column is required when strategy is column" in err
+    assert "spec.format: compression must be one of none, snappy, gzip, zstd for parquet" in err
+    assert "spec.schedule: interval is only allowed when frequency is hourly" in err
+    # Reference checks run only on valid objects; the invalid DatasetExport is reported once, for its schema.
+    assert err.count("DatasetExport/flow") == 1
+
+
+def test_validate_reports_missing_references(tmp_path: Path) -> None:
+    flow = flow_yaml(tmp_path, source=tmp_path, dest=tmp_path / "dest")
+    docs = list(yaml.safe_load_all(flow.read_text()))
+    docs[2]["spec"]["datasets"].append({"name": "ghost"})
+    docs[1]["spec"]["credentialsSecretRef"] = {"name": "creds"}
+    flow.write_text(yaml.safe_dump_all(docs))
+    code, _, err = invoke("validate", "-f", str(flow))
+    assert code == 2
+    assert "spec.datasets[1].name: Dataset 'ghost' not found" in err
+    assert "Destination/dest: credentialsSecretRef.name: Secret 'creds' not found" in err
+
+
+def test_validate_ok_on_the_local_default() -> None:
+    code, out, _ = invoke("validate", "-f", "examples/local/flow.yaml")
+    assert code == 0
+    assert out.startswith("ok: 1 Dataset(s), 2 Destination(s), 2 DatasetExport(s)")
+
+
+def test_schedule_prints_cron_and_next_times() -> None:
+    code, out, _ = invoke(
+        "schedule", "-f", "examples/local/flow.yaml", "--after", "2026-12-01T00:00:00Z", "--count", "2", "-o", "json"
+    )
+    assert code == 0
+    rows = {r["export"]: r for r in json.loads(out)}
+    assert rows["marketing-daily"]["cron"] == "30 9 * * *"
+    assert rows["marketing-daily"]["next"] == ["2026-12-01T09:30:00Z", "2026-12-02T09:30:00Z"]
+    assert rows["partner-feed"]["cron"] == "0 3,9,15,21 * * *"
+    assert rows["partner-feed"]["timeZone"] == "Etc/UTC"
+
+
+def test_secret_values_never_reach_errors(tmp_path: Path) -> None:
+    flow = tmp_path / "f.yaml"
+    flow.write_text(
+        yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "hunter2!!"}})
+    )
+    code, _, err = invoke("validate", "-f", str(flow))
+    assert code == 2
+    assert "data.k: not valid base64" in err
+    assert "hunter2" not in err
+
+
+def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
+    flow = tmp_path / "f.yaml"
+    flow.write_text("kind: [unclosed")
+    code, _, err = invoke("validate", "-f", str(flow))
+    assert code == 2
+    assert "not valid YAML" in err
