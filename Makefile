@@ -27,6 +27,7 @@ test: lint typecheck
 
 crds: $(VENV)/.stamp
 	$(PY) -m dsexport.crdgen crds
+	$(PY) -m dsexport.refdoc docs/resources.md
 
 bench: $(VENV)/.stamp
 	$(PY) bench/run.py

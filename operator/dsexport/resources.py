@@ -38,7 +38,7 @@ def rules(*pairs: tuple[str, str]) -> ConfigDict:
 
 
 class Spec(BaseModel):
-    """Base of every spec part: unknown fields are errors (as with a structural schema) and rules are checked."""
+    """Base of every spec part: unknown fields are errors (as in a structural schema) and rules are checked."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -75,9 +75,23 @@ class Strategy(StrEnum):
 class Source(Spec):
     """Where the dataset's files live: a local path, ``file://``, ``s3://`` or ``gs://`` URI."""
 
-    uri: Annotated[str, Field(min_length=1, max_length=2048)]
-    format: SourceFormat = SourceFormat.parquet
-    credentials_secret_ref: Annotated[ObjectRef | None, Field(alias="credentialsSecretRef")] = None
+    uri: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            description="Folder of the dataset's files: a path, file://, s3://bucket/prefix or gs://bucket/prefix.",
+        ),
+    ]
+    format: Annotated[SourceFormat, Field(description="File format: parquet, json (NDJSON) or csv.")] = (
+        SourceFormat.parquet
+    )
+    credentials_secret_ref: Annotated[
+        ObjectRef | None,
+        Field(
+            alias="credentialsSecretRef", description="Secret with credentials for an object-store source."
+        ),
+    ] = None
 
 
 class Incremental(Spec):
@@ -88,14 +102,33 @@ class Incremental(Spec):
         ("self.strategy == 'column' || !has(self.column)", "column is only allowed when strategy is column"),
     )
 
-    strategy: Strategy = Strategy.files
-    column: Annotated[str | None, Field(min_length=1, max_length=256)] = None
-    lookback: Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)] = "15m"
+    strategy: Annotated[
+        Strategy,
+        Field(description="files: files added since the watermark; column: rows whose column exceeds it."),
+    ] = Strategy.files
+    column: Annotated[
+        str | None,
+        Field(min_length=1, max_length=256, description="Cursor column (strategy column); must only grow."),
+    ] = None
+    lookback: Annotated[
+        str,
+        Field(
+            pattern=DURATION_PATTERN,
+            max_length=32,
+            description="Files that become visible late, within this window, are still exported once.",
+        ),
+    ] = "15m"
 
 
 class DatasetSpec(Spec):
     dataset_id: Annotated[
-        str | None, Field(alias="datasetId", pattern=DATASET_ID_PATTERN, max_length=128)
+        str | None,
+        Field(
+            alias="datasetId",
+            pattern=DATASET_ID_PATTERN,
+            max_length=128,
+            description="The DATASET_ID folder at the destination; defaults to metadata.name.",
+        ),
     ] = None
     source: Source
     incremental: Incremental = Field(default_factory=Incremental)
@@ -162,12 +195,28 @@ class Format(Spec):
         ),
     )
 
-    type: OutputFormat = OutputFormat.parquet
-    compression: Literal["none", "snappy", "gzip", "zstd"] | None = None
-    max_records_per_file: Annotated[int | None, Field(alias="maxRecordsPerFile", ge=1)] = None
+    type: Annotated[OutputFormat, Field(description="parquet or json (NDJSON, one object per line).")] = (
+        OutputFormat.parquet
+    )
+    compression: Annotated[
+        Literal["none", "snappy", "gzip", "zstd"] | None,
+        Field(description="parquet: none|snappy|gzip|zstd (default snappy); json: none|gzip (default none)."),
+    ] = None
+    max_records_per_file: Annotated[
+        int | None,
+        Field(
+            alias="maxRecordsPerFile",
+            ge=1,
+            description="Start a new part file after this many records (5000000).",
+        ),
+    ] = None
     max_file_size: Annotated[
         Annotated[int, Field(ge=1)] | Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32)] | None,
-        Field(alias="maxFileSize", json_schema_extra={"x-kubernetes-int-or-string": True}),
+        Field(
+            alias="maxFileSize",
+            description="Start a new part file after about this many bytes, e.g. 512Mi (the default).",
+            json_schema_extra={"x-kubernetes-int-or-string": True},
+        ),
     ] = None
 
     @property
@@ -197,14 +246,22 @@ class DestinationSpec(Spec):
         ),
     )
 
-    type: DestinationType
+    type: Annotated[DestinationType, Field(description="Backend; exactly the matching block must be set.")]
     s3: S3 | None = None
     gcs: Gcs | None = None
     sftp: Sftp | None = None
     azure_blob: Annotated[AzureBlob | None, Field(alias="azureBlob")] = None
     filesystem: Filesystem | None = None
-    credentials_secret_ref: Annotated[ObjectRef | None, Field(alias="credentialsSecretRef")] = None
-    folder: Annotated[str, Field(pattern=FOLDER_PATTERN, max_length=1024)] = ""
+    credentials_secret_ref: Annotated[
+        ObjectRef | None,
+        Field(alias="credentialsSecretRef", description="Secret with the backend's credentials (see docs)."),
+    ] = None
+    folder: Annotated[
+        str,
+        Field(
+            pattern=FOLDER_PATTERN, max_length=1024, description="Folder under which DATASET_ID folders go."
+        ),
+    ] = ""
     format: Format = Field(default_factory=Format)
 
 
@@ -221,7 +278,10 @@ class Schedule(Spec):
     """When exports run, in UTC. For hourly, ``time`` is the first slot of each day."""
 
     model_config = rules(
-        ("self.frequency == 'hourly' || !has(self.interval)", "interval is only allowed when frequency is hourly"),
+        (
+            "self.frequency == 'hourly' || !has(self.interval)",
+            "interval is only allowed when frequency is hourly",
+        ),
         ("self.frequency != 'hourly' || has(self.interval)", "interval is required when frequency is hourly"),
         ("self.frequency != 'once' || has(self.startDate)", "startDate is required when frequency is once"),
         (
@@ -230,16 +290,36 @@ class Schedule(Spec):
         ),
     )
 
-    frequency: Frequency
-    interval: Literal[3, 6, 8, 9, 12] | None = None
-    time: Annotated[str, Field(pattern=TIME_PATTERN)] = "00:00"
-    start_date: Annotated[str | None, Field(alias="startDate", pattern=DATE_PATTERN, max_length=10)] = None
-    end_date: Annotated[str | None, Field(alias="endDate", pattern=DATE_PATTERN, max_length=10)] = None
+    frequency: Annotated[Frequency, Field(description="daily, hourly (every interval hours) or once.")]
+    interval: Annotated[
+        Literal[3, 6, 8, 9, 12] | None, Field(description="Hours between slots (hourly only).")
+    ] = None
+    time: Annotated[
+        str, Field(pattern=TIME_PATTERN, description="HH:MM UTC; for hourly, the first slot of each day.")
+    ] = "00:00"
+    start_date: Annotated[
+        str | None,
+        Field(
+            alias="startDate", pattern=DATE_PATTERN, max_length=10, description="First day (UTC) with slots."
+        ),
+    ] = None
+    end_date: Annotated[
+        str | None,
+        Field(
+            alias="endDate",
+            pattern=DATE_PATTERN,
+            max_length=10,
+            description="Last day (UTC) with slots, inclusive.",
+        ),
+    ] = None
 
 
 class DatasetEntry(Spec):
-    name: Annotated[str, Field(min_length=1, max_length=253, pattern=NAME_PATTERN)]
-    schedule: Schedule | None = None
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=253, pattern=NAME_PATTERN, description="A Dataset in this namespace."),
+    ]
+    schedule: Annotated[Schedule | None, Field(description="Overrides the DatasetExport's schedule.")] = None
 
 
 class Mode(StrEnum):
@@ -249,14 +329,20 @@ class Mode(StrEnum):
 
 class DatasetExportSpec(Spec):
     model_config = rules(
-        ("self.datasets.all(d, self.datasets.exists_one(e, e.name == d.name))", "dataset names must be unique"),
+        (
+            "self.datasets.all(d, self.datasets.exists_one(e, e.name == d.name))",
+            "dataset names must be unique",
+        ),
     )
 
     destination_ref: Annotated[ObjectRef, Field(alias="destinationRef")]
     datasets: Annotated[list[DatasetEntry], Field(min_length=1, max_length=100)]
-    mode: Mode = Mode.incremental
+    mode: Annotated[
+        Mode,
+        Field(description="incremental (the first run is a full backfill) or full (a snapshot every run)."),
+    ] = Mode.incremental
     schedule: Schedule
-    suspend: bool = False
+    suspend: Annotated[bool, Field(description="Stop scheduling new exports; running ones finish.")] = False
 
 
 # -------------------------------------------------------------------------------------------------- Objects
@@ -281,7 +367,9 @@ class Resource(BaseModel):
     short_names: ClassVar[tuple[str, ...]]
     printer_columns: ClassVar[tuple[dict[str, Any], ...]] = ()
 
-    api_version: Annotated[Literal["dsexport.io/v1alpha1"], Field(alias="apiVersion")] = "dsexport.io/v1alpha1"
+    api_version: Annotated[Literal["dsexport.io/v1alpha1"], Field(alias="apiVersion")] = (
+        "dsexport.io/v1alpha1"
+    )
     kind: str
     metadata: Metadata
 
