@@ -61,7 +61,7 @@ def main() -> None:
     manifest = json.loads(manifest_path.read_text())
     manifest["state"]["recent"] = f"<{len(manifest['state']['recent'])} files>"
     manifest["schema"]["arrow"] = "<base64 Arrow schema>"
-    manifest["schema"]["fields"] = manifest["schema"]["fields"][:3] + ["..."]
+    manifest["schema"]["fields"] = [*manifest["schema"]["fields"][:3], "..."]
     step(f"{manifest_path}")
     print(json.dumps(manifest, indent=2))
 

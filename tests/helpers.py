@@ -49,7 +49,12 @@ def flow_yaml(
             "apiVersion": "dsexport.io/v1alpha1",
             "kind": "Destination",
             "metadata": {"name": "dest"},
-            "spec": {"type": "filesystem", "filesystem": {"path": str(dest)}, "folder": "out", "format": fmt_block},
+            "spec": {
+                "type": "filesystem",
+                "filesystem": {"path": str(dest)},
+                "folder": "out",
+                "format": fmt_block,
+            },
         },
         {
             "apiVersion": "dsexport.io/v1alpha1",
@@ -59,7 +64,8 @@ def flow_yaml(
                 "destinationRef": {"name": "dest"},
                 "datasets": [{"name": "events"}],
                 "mode": mode,
-                "schedule": schedule or {"frequency": "hourly", "interval": 3, "time": "00:00", "startDate": "2026-11-01"},
+                "schedule": schedule
+                or {"frequency": "hourly", "interval": 3, "time": "00:00", "startDate": "2026-11-01"},
             },
         },
     ]

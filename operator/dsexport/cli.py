@@ -93,7 +93,12 @@ def run(files: tuple[str, ...], exports: tuple[str, ...], at: str | None, resets
 
 
 def _run_with_progress(bundle: manifests.Bundle, plan: list[ExportRequest], console: Console) -> list[DatasetResult]:
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} rows"))
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,} rows"),
+    )
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("starting", total=None)
 

@@ -128,9 +128,7 @@ class _Converter:
                 out["enum"] = list(value)
                 out.setdefault("type", _enum_type(list(value), where))
             elif key == "properties":
-                out["properties"] = {
-                    name: self.convert(prop, f"{where}.{name}") for name, prop in value.items()
-                }
+                out["properties"] = {name: self.convert(prop, f"{where}.{name}") for name, prop in value.items()}
             elif key == "required":
                 if value:
                     out["required"] = list(value)
@@ -158,11 +156,7 @@ class _Converter:
             out.setdefault("type", "object")
             if "properties" in out and "additionalProperties" in out:
                 raise SchemaError(f"{where}: both properties and additionalProperties is not structural")
-        if (
-            "type" not in out
-            and not out.get(_INT_OR_STRING)
-            and not out.get("x-kubernetes-preserve-unknown-fields")
-        ):
+        if "type" not in out and not out.get(_INT_OR_STRING) and not out.get("x-kubernetes-preserve-unknown-fields"):
             raise SchemaError(f"{where}: no type")
         return _order(out)
 
@@ -276,9 +270,7 @@ def file_name(kind: type[Resource]) -> str:
 
 
 def render(kind: type[Resource]) -> str:
-    body = yaml.safe_dump(
-        crd(kind), sort_keys=False, default_flow_style=False, width=4096, allow_unicode=True
-    )
+    body = yaml.safe_dump(crd(kind), sort_keys=False, default_flow_style=False, width=4096, allow_unicode=True)
     return HEADER + body
 
 
@@ -331,13 +323,9 @@ def write(directory: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dsexport.crdgen", description=(__doc__ or "").splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m dsexport.crdgen", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("directory", type=Path, help="where the CRD YAML files live (crds/)")
-    parser.add_argument(
-        "--check", action="store_true", help="do not write; exit 1 with a diff if out of date"
-    )
+    parser.add_argument("--check", action="store_true", help="do not write; exit 1 with a diff if out of date")
     args = parser.parse_args(argv)
     directory: Path = args.directory
     return check(directory) if args.check else write(directory)

@@ -105,9 +105,7 @@ def export_dataset(
     )
 
 
-def _export(
-    request: ExportRequest, transport: Transport, on_records: Callable[[int], None] | None
-) -> dict[str, Any]:
+def _export(request: ExportRequest, transport: Transport, on_records: Callable[[int], None] | None) -> dict[str, Any]:
     dataset, spec = request.dataset, request.destination.spec
     slot = schedule.export_slot(request.schedule, request.at)
     export_time = schedule.export_time_folder(slot)
@@ -146,7 +144,10 @@ def _export(
         cursor = watermark.column_cursor(inc.column, prev_state)
         files, new_state, wm_range = listing, {}, {}
     if not files:
-        return out | {"outcome": Outcome.no_new_data, "message": f"no source files under {dataset.spec.source.uri}"}
+        return out | {
+            "outcome": Outcome.no_new_data,
+            "message": f"no source files under {dataset.spec.source.uri}",
+        }
 
     pads_dataset = source.dataset(files)
     schema = pads_dataset.schema

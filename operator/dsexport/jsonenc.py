@@ -11,7 +11,8 @@ timestamp (any unit, any tz, or naive)       string, ISO-8601 UTC, ``"2024-03-01
                                              values are taken as UTC, tz-aware ones are written in UTC
 date32 / date64                              string ``"YYYY-MM-DD"``
 time32 / time64                              string ``"HH:MM:SS[.fff]"`` (fraction digits follow the unit)
-decimal32/64/128/256                         string with the exact digits, e.g. ``"-12.3400"``
+decimal32/64/128/256                         string, exact plain digits, ``scale`` fraction digits:
+                                             ``"-12.3400"``, ``"0.0000000001"`` (never ``"1E-10"``)
 binary / large_binary / binary_view /        string, standard base64 with padding
 fixed_size_binary
 map<k, v>                                    array of ``{"key": k, "value": v}`` objects (keeps entry order
@@ -70,6 +71,7 @@ _B64_PADS: Final = pa.array([b"", b"\0\0", b"\0"], _BIN)
 _EMPTY_BIN: Final = pa.scalar(b"", _BIN)
 _Z: Final = pa.scalar("Z", _STR)
 _EMPTY_STR: Final = pa.scalar("", _STR)
+_MINUS: Final = pa.scalar("-", _STR)
 
 
 # --------------------------------------------------------------------------------------------- type level
@@ -197,8 +199,7 @@ def encode_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
         return batch
     schema, needs = plan
     columns = [
-        _encode(col, f.name) if need else col
-        for col, f, need in zip(batch.columns, batch.schema, needs, strict=True)
+        _encode(col, f.name) if need else col for col, f, need in zip(batch.columns, batch.schema, needs, strict=True)
     ]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
@@ -216,7 +217,7 @@ def _encode(arr: pa.Array, path: str) -> pa.Array:
     if pa.types.is_time(t):
         return _encode_time(arr, path)
     if pa.types.is_decimal(t):
-        return arr.cast(_STR)
+        return _encode_decimal(arr)
     if _is_binary_like(t):
         return _encode_base64(arr)
     if pa.types.is_duration(t):
@@ -295,6 +296,32 @@ def _encode_time(arr: pa.Array, path: str) -> pa.Array:
     return arr.cast(_STR)
 
 
+_DECIMAL_OF_WIDTH: Final = {32: pa.decimal32, 64: pa.decimal64, 128: pa.decimal128, 256: pa.decimal256}
+
+
+def _encode_decimal(arr: pa.Array) -> pa.Array:
+    """Plain decimal notation with exactly ``scale`` fraction digits, e.g. "-0.0000000001", "1.50".
+
+    A plain cast to string switches to scientific notation ("-1E-10", "0E-10") for small values, so the
+    unscaled integer is formatted instead (same storage viewed with scale 0) and the point inserted.
+    """
+    t = arr.type
+    scale = t.scale
+    text = arr.view(_DECIMAL_OF_WIDTH[t.bit_width](t.precision, 0)).cast(_STR)
+    if scale == 0:
+        return text
+    if scale < 0:  # value = unscaled * 10**-scale
+        zeros = pa.scalar("0" * -scale, _STR)
+        return pc.if_else(pc.equal(text, "0"), text, pc.binary_join_element_wise(text, zeros, _EMPTY_STR))
+    negative = pc.starts_with(text, "-")
+    magnitude = pc.utf8_ltrim(text, characters="-")
+    padded = pc.utf8_lpad(magnitude, width=scale + 1, padding="0")  # at least one digit before the point
+    plain = pc.binary_replace_slice(padded, start=-scale, stop=-scale, replacement=".")
+    if pc.any(negative).as_py() is not True:
+        return plain
+    return pc.if_else(negative, pc.binary_join_element_wise(_MINUS, plain, _EMPTY_STR), plain)
+
+
 def _encode_base64(arr: pa.Array) -> pa.Array:
     """Standard base64 (with padding) of each value, vectorized.
 
@@ -341,24 +368,18 @@ def _encode_dictionary(arr: pa.Array, path: str) -> pa.Array:
 def _encode_struct(arr: pa.Array, path: str) -> pa.Array:
     t = arr.type
     children = [_encode(arr.field(i), f"{path}.{t.field(i).name}") for i in range(t.num_fields)]
-    return pa.Array.from_buffers(
-        _enc_type(t), len(arr), [_validity(arr)], arr.null_count, 0, children=children
-    )
+    return pa.Array.from_buffers(_enc_type(t), len(arr), [_validity(arr)], arr.null_count, 0, children=children)
 
 
 def _encode_fixed_size_list(arr: pa.Array, path: str) -> pa.Array:
     return _rebuild_fixed_size_list(arr, _enc_type(arr.type), lambda values: _encode(values, f"{path}[]"))
 
 
-def _rebuild_fixed_size_list(
-    arr: pa.Array, out_type: pa.DataType, convert: Callable[[pa.Array], pa.Array]
-) -> pa.Array:
+def _rebuild_fixed_size_list(arr: pa.Array, out_type: pa.DataType, convert: Callable[[pa.Array], pa.Array]) -> pa.Array:
     """A fixed_size_list rebuilt as ``out_type`` with child ``convert(referenced values)``."""
     size = arr.type.list_size
     values = arr.values.slice(arr.offset * size, len(arr) * size)  # .values ignores the array offset
-    return pa.Array.from_buffers(
-        out_type, len(arr), [_validity(arr)], arr.null_count, 0, children=[convert(values)]
-    )
+    return pa.Array.from_buffers(out_type, len(arr), [_validity(arr)], arr.null_count, 0, children=[convert(values)])
 
 
 def _encode_list_or_map(arr: pa.Array, path: str) -> pa.Array:

@@ -30,7 +30,12 @@ def _constraints(node: dict[str, Any]) -> str:
     parts = []
     if "enum" in node:
         parts.append("one of " + ", ".join(f"`{v}`" for v in node["enum"]))
-    for key, label in (("minimum", "≥"), ("maximum", "≤"), ("minItems", "min items"), ("maxItems", "max items")):
+    for key, label in (
+        ("minimum", "≥"),
+        ("maximum", "≤"),
+        ("minItems", "min items"),
+        ("maxItems", "max items"),
+    ):
         if key in node:
             parts.append(f"{label} {node[key]}")
     if "maxLength" in node:

@@ -88,9 +88,7 @@ class Source(Spec):
     )
     credentials_secret_ref: Annotated[
         ObjectRef | None,
-        Field(
-            alias="credentialsSecretRef", description="Secret with credentials for an object-store source."
-        ),
+        Field(alias="credentialsSecretRef", description="Secret with credentials for an object-store source."),
     ] = None
 
 
@@ -258,9 +256,7 @@ class DestinationSpec(Spec):
     ] = None
     folder: Annotated[
         str,
-        Field(
-            pattern=FOLDER_PATTERN, max_length=1024, description="Folder under which DATASET_ID folders go."
-        ),
+        Field(pattern=FOLDER_PATTERN, max_length=1024, description="Folder under which DATASET_ID folders go."),
     ] = ""
     format: Format = Field(default_factory=Format)
 
@@ -291,17 +287,13 @@ class Schedule(Spec):
     )
 
     frequency: Annotated[Frequency, Field(description="daily, hourly (every interval hours) or once.")]
-    interval: Annotated[
-        Literal[3, 6, 8, 9, 12] | None, Field(description="Hours between slots (hourly only).")
-    ] = None
+    interval: Annotated[Literal[3, 6, 8, 9, 12] | None, Field(description="Hours between slots (hourly only).")] = None
     time: Annotated[
         str, Field(pattern=TIME_PATTERN, description="HH:MM UTC; for hourly, the first slot of each day.")
     ] = "00:00"
     start_date: Annotated[
         str | None,
-        Field(
-            alias="startDate", pattern=DATE_PATTERN, max_length=10, description="First day (UTC) with slots."
-        ),
+        Field(alias="startDate", pattern=DATE_PATTERN, max_length=10, description="First day (UTC) with slots."),
     ] = None
     end_date: Annotated[
         str | None,
@@ -367,9 +359,7 @@ class Resource(BaseModel):
     short_names: ClassVar[tuple[str, ...]]
     printer_columns: ClassVar[tuple[dict[str, Any], ...]] = ()
 
-    api_version: Annotated[Literal["dsexport.io/v1alpha1"], Field(alias="apiVersion")] = (
-        "dsexport.io/v1alpha1"
-    )
+    api_version: Annotated[Literal["dsexport.io/v1alpha1"], Field(alias="apiVersion")] = "dsexport.io/v1alpha1"
     kind: str
     metadata: Metadata
 

@@ -11,7 +11,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-EVENT_TYPES = ["web.webpagedetails.pageViews", "commerce.productViews", "commerce.productListAdds", "commerce.purchases"]
+EVENT_TYPES = [
+    "web.webpagedetails.pageViews",
+    "commerce.productViews",
+    "commerce.productListAdds",
+    "commerce.purchases",
+]
 PAGES = ["home", "search", "product", "cart", "checkout", "account", "help"]
 DEVICES = ["desktop", "mobile", "tablet"]
 CURRENCIES = ["EUR", "USD", "GBP"]

@@ -137,13 +137,9 @@ def export_time_folder(slot: datetime) -> str:
 def parse_export_time(text: str) -> datetime:
     """The slot an ``exportTime`` folder name stands for, so existing folders can be matched to slots."""
     if not _FOLDER.fullmatch(text):
-        raise ValueError(
-            f"not an export time folder: {text!r} (expected YYYYMMDDHHMM in UTC, e.g. 202612010930)"
-        )
+        raise ValueError(f"not an export time folder: {text!r} (expected YYYYMMDDHHMM in UTC, e.g. 202612010930)")
     try:
-        return datetime(
-            int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[8:10]), int(text[10:12]), tzinfo=UTC
-        )
+        return datetime(int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[8:10]), int(text[10:12]), tzinfo=UTC)
     except ValueError as error:
         raise ValueError(f"not an export time folder: {text!r} ({error})") from None
 

@@ -43,7 +43,7 @@ def _filesystem(uri: str, credentials: Mapping[str, str]) -> tuple[pafs.FileSyst
         local = uri.removeprefix("file://")
         return pafs.LocalFileSystem(), local
     if scheme == "s3" and credentials:
-        fs, path = pafs.FileSystem.from_uri(uri)
+        _, path = pafs.FileSystem.from_uri(uri)
         options: dict[str, Any] = {
             "access_key": credentials.get("accessKeyId"),
             "secret_key": credentials.get("secretAccessKey"),

@@ -92,7 +92,7 @@ def part_name(index: int, run_id: str, fmt: resources.Format) -> str:
 class _Part:
     """One part file being written: finish() makes it visible, abort() leaves nothing behind."""
 
-    def __init__(self, transport: Transport, folder: str, name: str, schema: pa.Schema, fmt: resources.Format):
+    def __init__(self, transport: Transport, folder: str, name: str, schema: pa.Schema, fmt: resources.Format) -> None:
         self.name = name
         self.records = 0
         self._target = transport.open_write(join(folder, name))

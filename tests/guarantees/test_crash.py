@@ -18,9 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from tests.helpers import START, committed, flow_yaml, read_committed_ids, source_ids
 
 from dsexport import sample
-from tests.helpers import START, committed, flow_yaml, read_committed_ids, source_ids
 
 SEED = int(os.environ.get("DSEXPORT_CRASH_SEED", "20261129"))
 ROUNDS = int(os.environ.get("DSEXPORT_CRASH_ROUNDS", "12"))
@@ -33,7 +33,7 @@ def _start(flow: Path, at: dt.datetime) -> subprocess.Popen[bytes]:
 
 def _run_to_end(flow: Path, at: dt.datetime) -> None:
     proc = _start(flow, at)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()[-2000:]
 
 
@@ -62,8 +62,12 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, 
         if rng.random() < 0.6:
             start = START + dt.timedelta(days=round_ + 1)  # later cursors for the column strategy
             next_id = sample.write_files(
-                src, files=rng.randint(1, 2), rows_per_file=rng.randint(1_000, 15_000), seed=100 + round_,
-                start=start, id_offset=next_id,
+                src,
+                files=rng.randint(1, 2),
+                rows_per_file=rng.randint(1_000, 15_000),
+                seed=100 + round_,
+                start=start,
+                id_offset=next_id,
             )
         for _attempt in range(rng.randint(1, 3)):
             proc = _start(flow, at)

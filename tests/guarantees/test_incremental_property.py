@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.helpers import flow_yaml, read_committed_ids, source_ids
 
 from dsexport import local, manifests
 from dsexport.exporter import Outcome
-from tests.helpers import flow_yaml, read_committed_ids, source_ids
 
 T0 = dt.datetime(2026, 12, 1, 0, 0, tzinfo=dt.UTC)
 

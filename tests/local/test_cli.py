@@ -7,10 +7,10 @@ from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
+from tests.helpers import START, flow_yaml
 
 from dsexport import sample
 from dsexport.cli import main
-from tests.helpers import START, flow_yaml
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
@@ -96,7 +96,15 @@ def test_validate_ok_on_the_local_default() -> None:
 
 def test_schedule_prints_cron_and_next_times() -> None:
     code, out, _ = invoke(
-        "schedule", "-f", "examples/local/flow.yaml", "--after", "2026-12-01T00:00:00Z", "--count", "2", "-o", "json"
+        "schedule",
+        "-f",
+        "examples/local/flow.yaml",
+        "--after",
+        "2026-12-01T00:00:00Z",
+        "--count",
+        "2",
+        "-o",
+        "json",
     )
     assert code == 0
     rows = {r["export"]: r for r in json.loads(out)}

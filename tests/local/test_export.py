@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from tests.helpers import START, committed, flow_yaml, read_committed_ids, source_ids
 
 from dsexport import local, manifests, sample
 from dsexport.exporter import Outcome, run_id
-from tests.helpers import START, committed, flow_yaml, read_committed_ids, source_ids
 
 T0 = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)  # slot 2026-12-01 00:00 (hourly, every 3 h)
 
@@ -35,7 +36,12 @@ def src(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(
     ("fmt", "compression", "suffix"),
-    [("parquet", None, ".parquet"), ("parquet", "zstd", ".parquet"), ("json", None, ".json"), ("json", "gzip", ".json.gz")],
+    [
+        ("parquet", None, ".parquet"),
+        ("parquet", "zstd", ".parquet"),
+        ("json", None, ".json"),
+        ("json", "gzip", ".json.gz"),
+    ],
 )
 def test_backfill_then_incremental(tmp_path: Path, src: Path, fmt: str, compression: str | None, suffix: str) -> None:
     dest = tmp_path / "dest"
@@ -59,8 +65,6 @@ def test_backfill_then_incremental(tmp_path: Path, src: Path, fmt: str, compress
 
 
 def test_manifest_describes_every_file(tmp_path: Path, src: Path) -> None:
-    import hashlib
-
     dest = tmp_path / "dest"
     run(flow_yaml(tmp_path, source=src, dest=dest, max_records=4_000), T0)
     [manifest] = committed(dest)
