@@ -45,7 +45,7 @@ import binascii
 import functools
 import sys
 from collections.abc import Callable
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, cast
 
 import polars as pl
 import pyarrow as pa
@@ -79,7 +79,7 @@ _MINUS: Final = pa.scalar("-", _STR)
 
 def _is_plain(t: pa.DataType) -> bool:
     """Leaf types JSON (and polars) hold as they are."""
-    return (
+    return bool(
         pa.types.is_null(t)
         or pa.types.is_boolean(t)
         or pa.types.is_integer(t)
@@ -90,7 +90,7 @@ def _is_plain(t: pa.DataType) -> bool:
 
 
 def _is_plain_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -150,7 +150,7 @@ def _enc_type(t: pa.DataType) -> pa.DataType:
 
 
 def _is_binary_like(t: pa.DataType) -> bool:
-    return (
+    return bool(
         pa.types.is_binary(t)
         or pa.types.is_large_binary(t)
         or pa.types.is_binary_view(t)
@@ -493,7 +493,7 @@ class NdjsonWriter:
             self._sink.write(b"{}\n" * rows)
         else:
             _check_unique_names(encoded.schema)
-            pl.from_arrow(encoded).write_ndjson(self._sink)
+            cast("pl.DataFrame", pl.from_arrow(encoded)).write_ndjson(self._sink)
         self.rows_written += rows
 
     def close(self) -> None:

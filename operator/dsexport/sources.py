@@ -98,10 +98,17 @@ class Source:
         return pads.CsvFileFormat()
 
     def dataset(self, files: list[SourceFile]) -> pads.Dataset:
-        """A dataset over exactly these files, so rows added while a run reads never leak into it."""
+        """A dataset over exactly these files, so rows added while a run reads never leak into it.
+
+        The schema unifies every file's (columns added over time, an empty file's null-typed columns,
+        int32 widened to int64), instead of trusting the first file and failing or dropping columns later.
+        """
         paths = [f"{self.root}/{f.path}" for f in files]
         try:
-            return pads.dataset(paths, format=self._file_format(), filesystem=self.fs)
+            factory = pads.FileSystemDatasetFactory(
+                self.fs, paths, self._file_format(), pads.FileSystemFactoryOptions()
+            )
+            return factory.finish(factory.inspect(promote_options="permissive"))
         except (pa.ArrowInvalid, OSError) as e:
             raise SourceError(f"cannot read source {self.spec.uri}: {e}") from e
 

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tests.helpers import START, committed, flow_yaml, read_committed_ids, source_ids
@@ -219,3 +220,16 @@ def test_json_source_and_csv_source(tmp_path: Path) -> None:
     [result2] = run(flow_yaml(tmp_path, source=csv_src, dest=dest2, source_format="csv"), T0)
     assert (result2.outcome, result2.records) == (Outcome.exported, 5)
     assert sorted(read_committed_ids(dest2)) == list(range(5))
+
+
+def test_schema_evolution_across_files_is_unified(tmp_path: Path) -> None:
+    src = tmp_path / "lake"
+    src.mkdir()
+    pq.write_table(pa.table({"_id": pa.array([1, 2], pa.int32())}), src / "a.parquet")
+    pq.write_table(pa.table({"_id": pa.array([3], pa.int64()), "added": ["x"]}), src / "b.parquet")
+    dest = tmp_path / "dest"
+    [result] = run(flow_yaml(tmp_path, source=src, dest=dest), T0)
+    assert result.outcome == Outcome.exported, result.message
+    [manifest] = committed(dest)
+    assert [(f["name"], f["type"]) for f in manifest["schema"]["fields"]] == [("_id", "int64"), ("added", "string")]
+    assert sorted(read_committed_ids(dest)) == [1, 2, 3]

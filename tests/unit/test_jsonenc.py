@@ -564,6 +564,7 @@ def nested_types() -> st.SearchStrategy[pa.DataType]:
 
 def values_of(t: pa.DataType) -> st.SearchStrategy[Any]:
     """(arrow input value, expected JSON value) pairs for type t."""
+    pair: st.SearchStrategy[tuple[Any, Any]]
     if pa.types.is_timestamp(t):
         per = PER_SECOND[t.unit]
         lo, hi = max(TS_MIN * per, -(2**63) + 1), min(TS_END * per - 1, 2**63 - 1)
@@ -573,7 +574,7 @@ def values_of(t: pa.DataType) -> st.SearchStrategy[Any]:
         info = {pa.int64(): (-(2**63), 2**63 - 1), pa.int32(): (-(2**31), 2**31 - 1), pa.uint64(): (0, 2**64 - 1)}
         pair = st.integers(*info[t]).map(lambda v: (v, v))
     elif pa.types.is_string(t):
-        pair = st.text(st.characters(exclude_categories=("Cs",)), max_size=8).map(lambda v: (v, v))
+        pair = st.text(st.characters(exclude_categories=["Cs"]), max_size=8).map(lambda v: (v, v))
     elif pa.types.is_floating(t):
         pair = st.floats(allow_nan=True, allow_infinity=True).map(lambda v: (v, v if math.isfinite(v) else None))
     elif pa.types.is_binary(t):
