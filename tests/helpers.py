@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import yaml
 
@@ -95,8 +96,7 @@ def read_committed_ids(dest: Path, dataset_id: str = "events", folder: str = "ou
                 table = pq.read_table(pa.BufferReader(data))
             else:
                 text = gzip.decompress(data) if entry["path"].endswith(".gz") else data
-                rows = [json.loads(line) for line in text.decode().splitlines()]
-                table = pa.table({"_id": [r["_id"] for r in rows]})
+                table = pajson.read_json(pa.BufferReader(text)) if text else pa.table({"_id": pa.array([], pa.int64())})
             assert table.num_rows == entry["records"]
             ids.extend(table.column("_id").to_pylist())
     return ids

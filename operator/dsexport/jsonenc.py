@@ -21,7 +21,8 @@ duration                                     integer count in the duration's own
 dictionary<i, v>                             encoded like ``v`` (the decoded value)
 float16/32/64                                number; NaN, +Inf and -Inf become null (JSON has no such
                                              numbers); float16 is widened to float32
-run_end_encoded<r, v>, extension types       encoded like the decoded ``v`` / the storage type
+arrow.uuid extension                         string ``"0b5c...-...."`` (canonical lower-case form)
+run_end_encoded<r, v>, other extensions      encoded like the decoded ``v`` / the storage type
 list / large_list / fixed_size_list /        array, elements encoded recursively
 list_view / large_list_view
 struct                                       object, fields encoded recursively, order kept
@@ -42,8 +43,11 @@ pass through untouched.
 from __future__ import annotations
 
 import binascii
+import concurrent.futures
 import functools
+import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import BinaryIO, Final, cast
 
@@ -69,7 +73,6 @@ _MS_PER_DAY: Final = 86_400_000
 
 _B64_PADS: Final = pa.array([b"", b"\0\0", b"\0"], _BIN)
 _EMPTY_BIN: Final = pa.scalar(b"", _BIN)
-_Z: Final = pa.scalar("Z", _STR)
 _EMPTY_STR: Final = pa.scalar("", _STR)
 _MINUS: Final = pa.scalar("-", _STR)
 
@@ -144,9 +147,15 @@ def _enc_type(t: pa.DataType) -> pa.DataType:
         return pa.int64()
     if pa.types.is_dictionary(t) or pa.types.is_run_end_encoded(t):
         return _enc_type(t.value_type)
-    if isinstance(t, pa.ExtensionType):
+    if _is_uuid(t):
+        return _STR
+    if isinstance(t, pa.BaseExtensionType):
         return _enc_type(t.storage_type)
     raise TypeError(f"Arrow type {t} has no JSON encoding")
+
+
+def _is_uuid(t: pa.DataType) -> bool:
+    return isinstance(t, pa.BaseExtensionType) and t.extension_name == "arrow.uuid"
 
 
 def _is_binary_like(t: pa.DataType) -> bool:
@@ -192,16 +201,48 @@ def encode_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     """Convert every column to JSON-representable Arrow types (see the module docstring).
 
     Returns ``batch`` itself when its schema needs no conversion.  Raises TypeError for types without a
-    JSON encoding and ValueError for temporal values outside the encodable range.
+    JSON encoding and ValueError for temporal values outside the encodable range.  Large batches with
+    several columns to convert are converted column-parallel on a small thread pool (the compute kernels
+    release the GIL).
     """
     plan = _plan(batch.schema)
     if plan is None:
         return batch
     schema, needs = plan
-    columns = [
-        _encode(col, f.name) if need else col for col, f, need in zip(batch.columns, batch.schema, needs, strict=True)
-    ]
+    columns = list(batch.columns)
+    todo = [i for i, need in enumerate(needs) if need]
+    names = batch.schema.names
+    executor = _executor() if len(todo) > 1 and batch.num_rows >= _PARALLEL_MIN_ROWS else None
+    if executor is None:
+        for i in todo:
+            columns[i] = _encode(columns[i], names[i])
+    else:
+        futures = [executor.submit(_encode, columns[i], names[i]) for i in todo[1:]]
+        try:
+            columns[todo[0]] = _encode(columns[todo[0]], names[todo[0]])
+        finally:
+            concurrent.futures.wait(futures)  # never leave work running behind an exception
+        for i, future in zip(todo[1:], futures, strict=True):
+            columns[i] = future.result()
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+_PARALLEL_MIN_ROWS: Final = 16_384
+_executor_lock = threading.Lock()
+_executor_state: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor | None:
+    """The shared column-encoding pool (None on a single CPU); recreated in a forked child."""
+    global _executor_state  # noqa: PLW0603 - lazily created process-wide pool
+    workers = min(4, os.cpu_count() or 1)
+    if workers < 2:
+        return None
+    with _executor_lock:
+        if _executor_state is None or _executor_state[0] != os.getpid():
+            pool = concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="dsexport-jsonenc")
+            _executor_state = (os.getpid(), pool)
+        return _executor_state[1]
 
 
 def _encode(arr: pa.Array, path: str) -> pa.Array:
@@ -226,7 +267,9 @@ def _encode(arr: pa.Array, path: str) -> pa.Array:
         return _encode_dictionary(arr, path)
     if pa.types.is_run_end_encoded(t):
         return _encode(pc.run_end_decode(arr), path)
-    if isinstance(t, pa.ExtensionType):
+    if _is_uuid(t):
+        return _encode_uuid(arr)
+    if isinstance(t, pa.BaseExtensionType):
         return _encode(arr.storage, path)
     if pa.types.is_struct(t):
         return _encode_struct(arr, path)
@@ -272,9 +315,10 @@ def _encode_timestamp(arr: pa.Array, path: str) -> pa.Array:
     _check_range(arr.view(pa.int64()), _MIN_SECOND * per_second, _END_SECOND * per_second, path, "timestamp")
     # The storage of a tz-aware timestamp is already UTC; dropping the tz is a zero-copy reinterpretation.
     # (pyarrow.compute.strftime would format tz-aware values in their local time, and is ~20x slower.)
-    text = arr.view(pa.timestamp(unit)).cast(_STR)  # "YYYY-MM-DD HH:MM:SS[.fff]", fixed width
+    text = arr.view(pa.timestamp(unit)).cast(_STR)  # "YYYY-MM-DD HH:MM:SS[.fff]" (4-digit years)
     text = pc.binary_replace_slice(text, start=10, stop=11, replacement="T")
-    return pc.binary_join_element_wise(text, _Z, _EMPTY_STR)
+    # a slice starting past the end appends; cheaper than binary_join_element_wise(text, "Z")
+    return pc.binary_replace_slice(text, start=sys.maxsize, stop=sys.maxsize, replacement="Z")
 
 
 def _encode_date(arr: pa.Array, path: str) -> pa.Array:
@@ -351,6 +395,21 @@ def _encode_base64(arr: pa.Array) -> pa.Array:
     two = pc.binary_replace_slice(encoded, start=-2, stop=sys.maxsize, replacement="==")
     one = pc.binary_replace_slice(encoded, start=-1, stop=sys.maxsize, replacement="=")
     return pc.choose(rem, encoded, two, one)
+
+
+def _encode_uuid(arr: pa.Array) -> pa.Array:
+    """arrow.uuid (fixed_size_binary(16)) -> canonical "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"."""
+    storage = arr.storage
+    n = len(storage)
+    data = storage.buffers()[1]
+    hex_digits = binascii.hexlify(memoryview(data)[storage.offset * 16 : (storage.offset + n) * 16])
+    hex_array = pa.Array.from_buffers(
+        pa.binary(32), n, [_validity(storage), pa.py_buffer(hex_digits)], storage.null_count
+    )
+    text = hex_array.cast(_BIN).view(_STR)
+    for position in (8, 13, 18, 23):
+        text = pc.binary_replace_slice(text, start=position, stop=position, replacement="-")
+    return text
 
 
 def _offsets_buffer(offsets: pa.Array) -> pa.Buffer:

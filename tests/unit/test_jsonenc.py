@@ -9,6 +9,7 @@ import io
 import json
 import math
 import pathlib
+import uuid
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -182,8 +183,11 @@ def test_decimals_keep_every_digit() -> None:
 @pytest.mark.parametrize("float_type", [pa.float64(), pa.float32(), pa.float16()])
 def test_nan_and_infinity_become_null(float_type: pa.DataType) -> None:
     arr = pa.array([1.5, math.nan, math.inf, -math.inf, None, -2.25], float_type)
-    got = column_values(arr)
-    assert got == [1.5, None, None, None, None, -2.25]
+    assert column_values(arr) == [1.5, None, None, None, None, -2.25]
+    # encode_batch itself nulls them (not only the polars serializer), e.g. for other writers
+    encoded = encode_batch(pa.record_batch([arr], names=["c"])).column(0)
+    assert encoded.to_pylist() == [1.5, None, None, None, None, -2.25]
+    assert encoded.null_count == 4
 
 
 def test_non_null_float_field_becomes_nullable() -> None:
@@ -342,6 +346,15 @@ def test_list_view_and_run_end_encoded() -> None:
     assert column_values(lv) == [[1, 2], None, [], [3]]
     ree = pa.RunEndEncodedArray.from_arrays([2, 3, 5], pa.array([dt.date(2020, 1, 1), None, dt.date(1999, 9, 9)]))
     assert column_values(ree) == ["2020-01-01", "2020-01-01", None, "1999-09-09", "1999-09-09"]
+
+
+def test_extension_types() -> None:
+    ids = [uuid.uuid4() for _ in range(5)]
+    arr = pa.array([ids[0].bytes, None, *(u.bytes for u in ids[1:])], pa.uuid())
+    expected = [str(ids[0]), None, *(str(u) for u in ids[1:])]
+    assert column_values(arr) == expected
+    assert column_values(arr.slice(1)) == expected[1:]
+    assert column_values(pa.array(['{"a": [1]}', None], pa.json_())) == ['{"a": [1]}', None]
 
 
 def test_dictionary_is_decoded() -> None:
@@ -643,3 +656,26 @@ def test_decimal_plain_notation_matches_python(digits: int, scale: int) -> None:
         expected = str(digits * 10**-scale)
     assert text == expected
     assert decimal.Decimal(text) == value
+
+
+def test_large_batches_are_encoded_column_parallel_with_the_same_result() -> None:
+    n = jsonenc._PARALLEL_MIN_ROWS + 5
+    batch = pa.record_batch(
+        {
+            "a": pa.array(range(n), pa.timestamp("s", "Europe/Paris")),
+            "i": pa.array(range(n), pa.int64()),
+            "b": pa.array(range(n), pa.date32()),
+            "c": pa.array([{"t": i} for i in range(n)], pa.struct([("t", pa.time32("s"))])),
+        }
+    )
+    encoded = encode_batch(batch)
+    assert encoded.column("i").buffers()[1].address == batch.column("i").buffers()[1].address  # untouched
+    assert encoded.column("a")[n - 1].as_py() == iso_utc(n - 1, "s")
+    assert encoded.column("b")[n - 1].as_py() == (dt.date(1970, 1, 1) + dt.timedelta(days=n - 1)).isoformat()
+    assert encoded.column("c")[3].as_py() == {"t": "00:00:03"}
+    for name in ("a", "b", "c"):
+        assert encoded.column(name).equals(jsonenc._encode(batch.column(name), name))
+    # an error in a column converted on a worker thread reaches the caller
+    bad = batch.set_column(2, "b", pa.array([*range(n - 1), 3_000_000], pa.date32()))
+    with pytest.raises(ValueError, match="^b: date32 value 3000000"):
+        encode_batch(bad)
