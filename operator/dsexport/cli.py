@@ -84,7 +84,10 @@ def run(files: tuple[str, ...], exports: tuple[str, ...], at: str | None, resets
         ok = all(r.outcome != Outcome.failed for r in results)
         click.echo(json.dumps({"ok": ok, "at": when.isoformat(), "results": [r.as_json() for r in results]}, indent=2))
     else:
-        Console().print(_summary(results))
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=160)  # a pipe or a log: do not squeeze the table into 80 columns
+        out.print(_summary(results))
         for r in results:
             if r.outcome == Outcome.failed:
                 click.echo(f"error: {r.flow}/{r.dataset}: {r.message}", err=True)
@@ -137,8 +140,9 @@ def _summary(results: list[DatasetResult]) -> Table:
         ("Files", "right"),
         ("Bytes", "right"),
         ("Watermark", "left"),
+        ("Note", "left"),
     ]:
-        table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        table.add_column(col, justify=justify, no_wrap=col != "Note")  # type: ignore[arg-type]
     for r in results:
         wm = r.watermark.get("to") if r.watermark else None
         table.add_row(
@@ -149,9 +153,20 @@ def _summary(results: list[DatasetResult]) -> Table:
             f"{r.records:,}",
             str(r.files),
             _human_bytes(r.bytes),
-            str(wm) if wm is not None else "-",
+            _short(wm),
+            r.message if r.outcome != Outcome.failed else "see below",
         )
     return table
+
+
+def _short(value: object) -> str:
+    """Watermarks to the second: nanoseconds matter to the state, not to a reader of the summary."""
+    if value is None:
+        return "-"
+    text = str(value)
+    if len(text) > 20 and text[4] == "-" and text[10] == "T":
+        return text[:19] + "Z"
+    return text
 
 
 @main.command()

@@ -109,7 +109,6 @@ def _needs(t: pa.DataType) -> bool:
     return True  # floats (NaN -> null) and every type that changes
 
 
-@functools.lru_cache(maxsize=1024)
 def _enc_type(t: pa.DataType) -> pa.DataType:
     """The Arrow type arrays of type ``t`` have after encoding (``t`` itself when nothing changes)."""
     if _is_plain(t):
@@ -175,9 +174,30 @@ def _enc_field(f: pa.Field) -> pa.Field:
     return pa.field(f.name, t, nullable=f.nullable or pa.types.is_floating(t), metadata=f.metadata)
 
 
-@functools.lru_cache(maxsize=256)
+class _SchemaKey:
+    """Cache key: pyarrow's ``==``/``hash`` ignore field metadata, which the encoded schema carries over."""
+
+    __slots__ = ("_hash", "schema")
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self._hash = hash(schema)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SchemaKey) and bool(self.schema.equals(other.schema, check_metadata=True))
+
+
 def _plan(schema: pa.Schema) -> tuple[pa.Schema, tuple[bool, ...]] | None:
     """Per schema: the encoded schema and which columns to convert; None when nothing changes."""
+    return _plan_for(_SchemaKey(schema))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_for(key: _SchemaKey) -> tuple[pa.Schema, tuple[bool, ...]] | None:
+    schema = key.schema
     needs = tuple(_needs(f.type) for f in schema)
     if not any(needs):
         return None
@@ -209,17 +229,19 @@ def encode_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     if plan is None:
         return batch
     schema, needs = plan
+    types = [f.type for f in schema]
     columns = list(batch.columns)
     todo = [i for i, need in enumerate(needs) if need]
     names = batch.schema.names
     executor = _executor() if len(todo) > 1 and batch.num_rows >= _PARALLEL_MIN_ROWS else None
     if executor is None:
         for i in todo:
-            columns[i] = _encode(columns[i], names[i])
+            columns[i] = _encode(columns[i], types[i], names[i])
     else:
-        futures = [executor.submit(_encode, columns[i], names[i]) for i in todo[1:]]
+        futures = [executor.submit(_encode, columns[i], types[i], names[i]) for i in todo[1:]]
+        first = todo[0]
         try:
-            columns[todo[0]] = _encode(columns[todo[0]], names[todo[0]])
+            columns[first] = _encode(columns[first], types[first], names[first])
         finally:
             concurrent.futures.wait(futures)  # never leave work running behind an exception
         for i, future in zip(todo[1:], futures, strict=True):
@@ -245,7 +267,8 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor | None:
         return _executor_state[1]
 
 
-def _encode(arr: pa.Array, path: str) -> pa.Array:
+def _encode(arr: pa.Array, out_type: pa.DataType, path: str) -> pa.Array:
+    """``arr`` converted to ``out_type`` (its ``_enc_type``, taken from the cached schema plan)."""
     t = arr.type
     if not _needs(t):
         return _compact(arr)  # an unconverted part of a converted column, e.g. a list inside a struct
@@ -264,21 +287,21 @@ def _encode(arr: pa.Array, path: str) -> pa.Array:
     if pa.types.is_duration(t):
         return arr.view(pa.int64())
     if pa.types.is_dictionary(t):
-        return _encode_dictionary(arr, path)
+        return _encode_dictionary(arr, out_type, path)
     if pa.types.is_run_end_encoded(t):
-        return _encode(pc.run_end_decode(arr), path)
+        return _encode(pc.run_end_decode(arr), out_type, path)
     if _is_uuid(t):
         return _encode_uuid(arr)
     if isinstance(t, pa.BaseExtensionType):
-        return _encode(arr.storage, path)
+        return _encode(arr.storage, out_type, path)
     if pa.types.is_struct(t):
-        return _encode_struct(arr, path)
+        return _encode_struct(arr, out_type, path)
     if pa.types.is_fixed_size_list(t):
-        return _encode_fixed_size_list(arr, path)
+        return _rebuild_fixed_size_list(arr, out_type, lambda values: _encode(values, out_type.value_type, f"{path}[]"))
     if pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
-        return _encode_list_view(arr, path)
+        return _encode_list_view(arr, out_type, path)
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_map(t):
-        return _encode_list_or_map(arr, path)
+        return _encode_list_or_map(arr, out_type, path)
     raise TypeError(f"{path}: Arrow type {t} has no JSON encoding")  # unreachable: _needs() validated
 
 
@@ -418,20 +441,18 @@ def _offsets_buffer(offsets: pa.Array) -> pa.Buffer:
     return offsets.buffers()[1].slice(offsets.offset * width, len(offsets) * width)
 
 
-def _encode_dictionary(arr: pa.Array, path: str) -> pa.Array:
+def _encode_dictionary(arr: pa.Array, out_type: pa.DataType, path: str) -> pa.Array:
     if len(arr.dictionary) <= len(arr):  # encode each distinct value once
-        return _encode(arr.dictionary, path).take(arr.indices)
-    return _encode(arr.dictionary_decode(), path)
+        return _encode(arr.dictionary, out_type, path).take(arr.indices)
+    return _encode(arr.dictionary_decode(), out_type, path)
 
 
-def _encode_struct(arr: pa.Array, path: str) -> pa.Array:
-    t = arr.type
-    children = [_encode(arr.field(i), f"{path}.{t.field(i).name}") for i in range(t.num_fields)]
-    return pa.Array.from_buffers(_enc_type(t), len(arr), [_validity(arr)], arr.null_count, 0, children=children)
-
-
-def _encode_fixed_size_list(arr: pa.Array, path: str) -> pa.Array:
-    return _rebuild_fixed_size_list(arr, _enc_type(arr.type), lambda values: _encode(values, f"{path}[]"))
+def _encode_struct(arr: pa.Array, out_type: pa.DataType, path: str) -> pa.Array:
+    children = [
+        _encode(arr.field(i), out_type.field(i).type, f"{path}.{out_type.field(i).name}")
+        for i in range(out_type.num_fields)
+    ]
+    return pa.Array.from_buffers(out_type, len(arr), [_validity(arr)], arr.null_count, 0, children=children)
 
 
 def _rebuild_fixed_size_list(arr: pa.Array, out_type: pa.DataType, convert: Callable[[pa.Array], pa.Array]) -> pa.Array:
@@ -441,16 +462,18 @@ def _rebuild_fixed_size_list(arr: pa.Array, out_type: pa.DataType, convert: Call
     return pa.Array.from_buffers(out_type, len(arr), [_validity(arr)], arr.null_count, 0, children=[convert(values)])
 
 
-def _encode_list_or_map(arr: pa.Array, path: str) -> pa.Array:
+def _encode_list_or_map(arr: pa.Array, out_type: pa.DataType, path: str) -> pa.Array:
     """list, large_list and map (a map is a list of key/value structs)."""
-    out_type = _enc_type(arr.type)
+    item_type = out_type.value_type
     if not pa.types.is_map(arr.type):
-        return _rebuild_list(arr, out_type, lambda start, n: _encode(arr.values.slice(start, n), f"{path}[]"))
+        return _rebuild_list(
+            arr, out_type, lambda start, n: _encode(arr.values.slice(start, n), item_type, f"{path}[]")
+        )
 
     def entries(start: int, n: int) -> pa.Array:
-        keys = _encode(arr.keys.slice(start, n), f"{path}.key")
-        items = _encode(arr.items.slice(start, n), f"{path}.value")
-        return pa.Array.from_buffers(out_type.value_type, n, [None], 0, 0, children=[keys, items])
+        keys = _encode(arr.keys.slice(start, n), item_type.field(0).type, f"{path}.key")
+        items = _encode(arr.items.slice(start, n), item_type.field(1).type, f"{path}.value")
+        return pa.Array.from_buffers(item_type, n, [None], 0, 0, children=[keys, items])
 
     return _rebuild_list(arr, out_type, entries)
 
@@ -477,14 +500,13 @@ def _rebuild_list(arr: pa.Array, out_type: pa.DataType, child: Callable[[int, in
     )
 
 
-def _encode_list_view(arr: pa.Array, path: str) -> pa.Array:
+def _encode_list_view(arr: pa.Array, out_type: pa.DataType, path: str) -> pa.Array:
     """list_view / large_list_view -> list / large_list (views may overlap or be out of order)."""
-    out_type = _enc_type(arr.type)
     offset_type = pa.int64() if pa.types.is_large_list_view(arr.type) else pa.int32()
     sizes = pc.if_else(arr.is_valid(), arr.sizes, 0).cast(offset_type)  # null lists hold no elements
     ends = pc.cumulative_sum(sizes)
     offsets = pa.concat_arrays([pa.array([0], offset_type), ends])
-    child = _encode(arr.flatten(), f"{path}[]")  # values of the non-null lists, in order
+    child = _encode(arr.flatten(), out_type.value_type, f"{path}[]")  # values of the non-null lists, in order
     return pa.Array.from_buffers(
         out_type,
         len(arr),
