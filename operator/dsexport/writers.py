@@ -1,23 +1,22 @@
 """Streaming record batches into rolling part files (Parquet or NDJSON), hashing the bytes as they go out.
 
-Hashing inline, while the bytes are hot, costs far less than reading each file back, and it is the only way
-that works the same for local files and uploads.
+Hashing on the way out (see ``sink``) costs far less than reading each file back, and it is the only way that
+works the same for local files and uploads.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dsexport import jsonenc, resources
 from dsexport.destinations import Transport, join
+from dsexport.sink import WriteBehindSink
 
 
 @dataclass(frozen=True)
@@ -30,23 +29,7 @@ class PartFile:
     sha256: str
 
 
-class _HashingSink(io.RawIOBase):
-    """Counts and hashes the bytes written through it to the underlying file."""
-
-    def __init__(self, inner: BinaryIO) -> None:
-        self.inner = inner
-        self.digest = hashlib.sha256()
-        self.count = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(data)
-        self.digest.update(view)
-        self.inner.write(view)
-        self.count += view.nbytes
-        return view.nbytes
+JSON_SLICE_ROWS = 16 * 1024
 
 
 class _FormatWriter(Protocol):
@@ -55,7 +38,7 @@ class _FormatWriter(Protocol):
 
 
 class _ParquetPart:
-    def __init__(self, sink: _HashingSink, schema: pa.Schema, compression: str) -> None:
+    def __init__(self, sink: WriteBehindSink, schema: pa.Schema, compression: str) -> None:
         self.writer = pq.ParquetWriter(sink, schema, compression=compression, write_statistics=True)
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -66,13 +49,15 @@ class _ParquetPart:
 
 
 class _JsonPart:
-    def __init__(self, sink: _HashingSink, compression: str) -> None:
+    def __init__(self, sink: WriteBehindSink, compression: str) -> None:
         # mtime=0 keeps gzip output a function of the data alone, so a retried part has the same sha256.
         self.gz = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=6, mtime=0) if compression == "gzip" else None
         self.writer = jsonenc.NdjsonWriter(self.gz if self.gz is not None else sink)  # type: ignore[arg-type]
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self.writer.write(batch)
+        # Nested rows expand several-fold as JSON text; slices keep the serializer's buffers small.
+        for offset in range(0, batch.num_rows, JSON_SLICE_ROWS):
+            self.writer.write(batch.slice(offset, JSON_SLICE_ROWS))
 
     def close(self) -> None:
         if self.gz is not None:
@@ -96,7 +81,7 @@ class _Part:
         self.name = name
         self.records = 0
         self._target = transport.open_write(join(folder, name))
-        self.sink = _HashingSink(self._target.__enter__())
+        self.sink = WriteBehindSink(self._target.__enter__())
         compression = fmt.effective_compression
         self.writer: _FormatWriter = (
             _ParquetPart(self.sink, schema, compression)
@@ -110,10 +95,12 @@ class _Part:
 
     def finish(self) -> PartFile:
         self.writer.close()
+        digest = self.sink.finish()
         self._target.__exit__(None, None, None)
-        return PartFile(self.name, self.records, self.sink.count, self.sink.digest.hexdigest())
+        return PartFile(self.name, self.records, self.sink.count, digest)
 
     def abort(self, error: BaseException) -> None:
+        self.sink.abandon()
         self._target.__exit__(type(error), error, error.__traceback__)
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from typing import BinaryIO
+from typing import Protocol
+
+
+class Writable(Protocol):
+    """What a part writer needs from a destination file: sequential writes, nothing else."""
+
+    def write(self, data: bytes | memoryview, /) -> int: ...
 
 
 class DestinationError(RuntimeError):
@@ -24,7 +30,7 @@ class Transport(ABC):
         """A human-readable location for messages, e.g. ``filesystem:/data/exports``."""
 
     @abstractmethod
-    def open_write(self, key: str) -> AbstractContextManager[BinaryIO]:
+    def open_write(self, key: str) -> AbstractContextManager[Writable]:
         """A file that appears under ``key`` only if the block exits without error (never half-written)."""
 
     @abstractmethod
