@@ -60,6 +60,10 @@ def read_state(transport: Transport, prefix: str) -> DatasetState:
     return DatasetState(None, None, tuple(uncommitted))
 
 
+def is_committed(transport: Transport, folder: str) -> bool:
+    return transport.exists(join(folder, MANIFEST))
+
+
 def clean_folder(transport: Transport, folder: str) -> int:
     """Delete every file of an uncommitted slot folder (a killed run's parts and temporary files)."""
     keys = list(transport.list_keys(folder))

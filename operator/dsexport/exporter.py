@@ -116,7 +116,7 @@ def _export(request: ExportRequest, transport: Transport, on_records: Callable[[
 
     state = commit.read_state(transport, prefix)
     commit.check_owner(state, request.flow, where=where)
-    if state.latest_slot == export_time:
+    if state.latest_slot == export_time or commit.is_committed(transport, folder):
         commit.finish_committed(transport, folder)
         wm = state.latest.get("watermark") if state.latest else None
         msg = f"exportTime {export_time} is already committed; a later slot exports what is new"
@@ -179,7 +179,7 @@ def _export(request: ExportRequest, transport: Transport, on_records: Callable[[
         request=request,
         export_time=export_time,
         rid=rid,
-        sequence=int(previous.get("sequence", 0)) + 1 if previous else 1,
+        sequence=int(state.latest.get("sequence", 0)) + 1 if state.latest else 1,
         backfill=prev_state is None,
         parts=parts,
         schema=schema,
@@ -194,8 +194,16 @@ def _export(request: ExportRequest, transport: Transport, on_records: Callable[[
         "bytes": manifest["bytes"],
         "files": len(parts),
         "watermark": manifest["watermark"],
-        "message": "full backfill" if prev_state is None else "incremental",
+        "message": _describe(request, prev_state is None),
     }
+
+
+def _describe(request: ExportRequest, backfill: bool) -> str:
+    if request.mode == resources.Mode.full:
+        return "full snapshot"
+    if request.reset:
+        return "full backfill (reset)"
+    return "full backfill" if backfill else "incremental"
 
 
 def _manifest(

@@ -233,3 +233,13 @@ def test_schema_evolution_across_files_is_unified(tmp_path: Path) -> None:
     [manifest] = committed(dest)
     assert [(f["name"], f["type"]) for f in manifest["schema"]["fields"]] == [("_id", "int64"), ("added", "string")]
     assert sorted(read_committed_ids(dest)) == [1, 2, 3]
+
+
+def test_an_older_committed_slot_is_reported_as_committed(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    run(flow, T0)
+    run(flow, T0 + dt.timedelta(days=1))
+    [again] = run(flow, T0)
+    assert again.outcome == Outcome.already_committed
+    assert [m["sequence"] for m in committed(dest)] == [1]
