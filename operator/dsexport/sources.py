@@ -114,20 +114,31 @@ class Source:
 
     @staticmethod
     def batches(dataset: pads.Dataset, filter_: Any = None) -> Iterator[pa.RecordBatch]:
-        """Batches in the dataset's (unified) schema, one file at a time.
+        """Batches in the dataset's (unified) schema, one Parquet row group (or one other file) at a time.
 
-        Scanning file by file is what bounds memory: a whole-dataset scanner reads ahead across files without
-        limit when the consumer (an encoder, an upload) is slower than the reader, so its peak memory grows
-        with the dataset (measured in docs/benchmarks.md); per file it stays flat at the same speed.
+        Scanning piece by piece is what bounds memory: a scanner reads ahead across files, and across row
+        groups inside a file, without limit when the consumer (an encoder, an upload) is slower than the
+        reader, so its peak memory grows with the data (measured in docs/benchmarks.md); piece by piece it
+        stays flat at the same speed. Row groups whose statistics exclude the filter are skipped unread.
         """
         for fragment in dataset.get_fragments():
-            for batch in fragment.to_batches(
-                schema=dataset.schema,
-                filter=filter_,
-                batch_size=BATCH_SIZE,
-                batch_readahead=BATCH_READAHEAD,
-                fragment_readahead=FRAGMENT_READAHEAD,
-                use_threads=True,
-            ):
-                if batch.num_rows:
-                    yield batch
+            pieces = (
+                fragment.split_by_row_group(filter_, schema=dataset.schema)
+                if isinstance(fragment, pads.ParquetFileFragment)
+                else [fragment]
+            )
+            for piece in pieces:
+                yield from Source._piece_batches(piece, dataset.schema, filter_)
+
+    @staticmethod
+    def _piece_batches(piece: pads.Fragment, schema: pa.Schema, filter_: Any) -> Iterator[pa.RecordBatch]:
+        for batch in piece.to_batches(
+            schema=schema,
+            filter=filter_,
+            batch_size=BATCH_SIZE,
+            batch_readahead=BATCH_READAHEAD,
+            fragment_readahead=FRAGMENT_READAHEAD,
+            use_threads=True,
+        ):
+            if batch.num_rows:
+                yield batch
