@@ -21,8 +21,11 @@ import pyarrow as pa
 
 from dsexport import commit, jsonenc, resources, schedule, watermark
 from dsexport.destinations import Transport
+from dsexport.prefetch import prefetch
 from dsexport.sources import Source
 from dsexport.writers import PartFile, write_parts
+
+PREFETCH_BATCHES = 3
 
 
 class Outcome(StrEnum):
@@ -155,7 +158,7 @@ def _export(request: ExportRequest, transport: Transport, on_records: Callable[[
 
     def batches() -> Iterator[pa.RecordBatch]:
         filter_ = cursor.filter(schema) if cursor is not None else None
-        for batch in Source.batches(pads_dataset, filter_):
+        for batch in prefetch(Source.batches(pads_dataset, filter_), depth=PREFETCH_BATCHES):
             if cursor is not None:
                 running_max[0] = watermark.scan_max(batch, cursor.column, running_max[0])
             yield batch
