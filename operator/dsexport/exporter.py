@@ -25,7 +25,7 @@ from dsexport.prefetch import prefetch
 from dsexport.sources import Source
 from dsexport.writers import PartFile, write_parts
 
-PREFETCH_BATCHES = 3
+PREFETCH_BATCHES = 1
 
 
 class Outcome(StrEnum):

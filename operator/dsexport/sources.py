@@ -16,7 +16,7 @@ from dsexport import resources
 # Small read-ahead keeps peak memory bounded whatever the row-group sizes; throughput barely changes because
 # decoding, not I/O, dominates on local and object-store sources alike.
 BATCH_SIZE = 64 * 1024
-BATCH_READAHEAD = 2
+BATCH_READAHEAD = 1
 FRAGMENT_READAHEAD = 1
 
 _EXTENSIONS: dict[resources.SourceFormat, tuple[str, ...]] = {
