@@ -289,8 +289,15 @@ def dsexport_batches(dataset: pads.Dataset) -> Iterator[pa.RecordBatch]:
 
 def _read_settings() -> str:
     ahead = _read_ahead()
-    thread = f", read-ahead thread of {ahead[1]} batches" if ahead else ""
-    return f"scanner readahead {sources.BATCH_READAHEAD} batches / {sources.FRAGMENT_READAHEAD} file{thread}"
+    thread = f", read-ahead thread of {_n(ahead[1], 'batch')}" if ahead else ""
+    return (
+        f"scanner readahead {_n(sources.BATCH_READAHEAD, 'batch')} / {_n(sources.FRAGMENT_READAHEAD, 'file')}{thread}"
+    )
+
+
+def _n(count: int, noun: str) -> str:
+    plural = noun + ("es" if noun.endswith("ch") else "s")
+    return f"{count} {noun if count == 1 else plural}"
 
 
 def dsexport_scan_parquet(source: Path) -> Callable[[Path], Callable[[], Output]]:
