@@ -37,14 +37,35 @@ class _FormatWriter(Protocol):
     def close(self) -> None: ...
 
 
+ROW_GROUP_ROWS = 64 * 1024
+
+
 class _ParquetPart:
+    """Coalesces small batches (a lake of many small files yields them) into row groups of ``ROW_GROUP_ROWS``:
+    one row group per tiny batch would make the file many times larger and slow to read."""
+
     def __init__(self, sink: WriteBehindSink, schema: pa.Schema, compression: str) -> None:
         self.writer = pq.ParquetWriter(sink, schema, compression=compression, write_statistics=True)
+        self.pending: list[pa.RecordBatch] = []
+        self.pending_rows = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self.writer.write_batch(batch)
+        if not self.pending and batch.num_rows >= ROW_GROUP_ROWS:
+            self.writer.write_batch(batch)
+            return
+        self.pending.append(batch)
+        self.pending_rows += batch.num_rows
+        if self.pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            table = pa.Table.from_batches(self.pending)
+            self.writer.write_table(table, row_group_size=table.num_rows)
+            self.pending, self.pending_rows = [], 0
 
     def close(self) -> None:
+        self._flush()
         self.writer.close()
 
 

@@ -243,3 +243,16 @@ def test_an_older_committed_slot_is_reported_as_committed(tmp_path: Path, src: P
     [again] = run(flow, T0)
     assert again.outcome == Outcome.already_committed
     assert [m["sequence"] for m in committed(dest)] == [1]
+
+
+def test_many_small_source_files_make_few_row_groups(tmp_path: Path) -> None:
+    src = tmp_path / "lake"
+    src.mkdir()
+    for i in range(300):
+        pq.write_table(pa.table({"_id": [2 * i, 2 * i + 1]}), src / f"f-{i:04d}.parquet")
+    dest = tmp_path / "dest"
+    [result] = run(flow_yaml(tmp_path, source=src, dest=dest), T0)
+    assert result.records == 600
+    [part] = (dest / "out" / "events" / "exportTime=202612010000").glob("part-*.parquet")
+    assert pq.ParquetFile(part).metadata.num_row_groups == 1
+    assert sorted(read_committed_ids(dest)) == list(range(600))
