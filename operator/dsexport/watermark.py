@@ -49,7 +49,7 @@ def select_files(
     else:
         horizon = prev_max - lookback_ns
         chosen = [f for f in listing if f.mtime_ns > horizon and f.path not in seen]
-    new_max = max([prev_max or 0, *(f.mtime_ns for f in chosen)]) if (chosen or prev_max) else 0
+    new_max = max([prev_max or 0, *(f.mtime_ns for f in chosen)])
     horizon = new_max - lookback_ns
     seen.update({f.path: f.mtime_ns for f in chosen})
     recent = {p: m for p, m in sorted(seen.items()) if m > horizon}

@@ -81,10 +81,10 @@ class FilesystemTransport(Transport):
             return []
 
     def list_keys(self, prefix: str) -> Iterator[str]:
-        base = self._path(prefix)
-        for dirpath, _dirs, files in os.walk(base):
+        root = self.root.resolve()
+        for dirpath, _dirs, files in os.walk(self._path(prefix)):
             for name in files:
-                yield Path(dirpath, name).relative_to(self.root.resolve()).as_posix()
+                yield Path(dirpath, name).relative_to(root).as_posix()
 
     def delete(self, keys: Iterable[str]) -> None:
         parents = set()
