@@ -144,26 +144,70 @@ class DestinationType(StrEnum):
 
 
 class S3(Spec):
-    bucket: Annotated[str, Field(min_length=3, max_length=63)]
-    region: Annotated[str, Field(max_length=64)] = ""
-    endpoint: Annotated[str, Field(max_length=2048)] = ""
-    force_path_style: Annotated[bool, Field(alias="forcePathStyle")] = False
+    """Amazon S3 or an S3-compatible store. Secret keys: accessKeyId, secretAccessKey[, sessionToken]; without a
+    Secret the SDK's default chain (IRSA, instance profile) is used."""
+
+    model_config = rules(
+        (
+            "!has(self.kmsKeyId) || self.kmsKeyId == '' || self.serverSideEncryption == 'aws:kms'",
+            "kmsKeyId needs serverSideEncryption: aws:kms",
+        ),
+    )
+
+    bucket: Annotated[str, Field(min_length=3, max_length=63, description="Bucket name (no s3:// prefix).")]
+    region: Annotated[str, Field(max_length=64, description="Bucket region, e.g. eu-west-1.")] = ""
+    endpoint: Annotated[
+        str,
+        Field(max_length=2048, description="Endpoint URL of an S3-compatible store; empty for AWS."),
+    ] = ""
+    force_path_style: Annotated[
+        bool,
+        Field(alias="forcePathStyle", description="Path-style addressing (most S3-compatible stores need it)."),
+    ] = False
+    server_side_encryption: Annotated[
+        Literal["", "AES256", "aws:kms"],
+        Field(alias="serverSideEncryption", description="Server-side encryption of written objects."),
+    ] = ""
+    kms_key_id: Annotated[
+        str,
+        Field(alias="kmsKeyId", max_length=2048, description="KMS key for serverSideEncryption: aws:kms."),
+    ] = ""
 
 
 class Gcs(Spec):
-    bucket: Annotated[str, Field(min_length=3, max_length=222)]
-    endpoint: Annotated[str, Field(max_length=2048)] = ""
+    """Google Cloud Storage. Secret key: serviceAccountJson; without a Secret, Application Default Credentials."""
+
+    bucket: Annotated[str, Field(min_length=3, max_length=222, description="Bucket name (no gs:// prefix).")]
+    endpoint: Annotated[
+        str,
+        Field(max_length=2048, description="API endpoint of an emulator; empty for Google Cloud Storage."),
+    ] = ""
 
 
 class Sftp(Spec):
+    """An SFTP server. Secret keys: password, or privateKey[, passphrase]."""
+
     host: Annotated[str, Field(min_length=1, max_length=253)]
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     username: Annotated[str, Field(min_length=1, max_length=256)]
-    known_hosts: Annotated[str, Field(alias="knownHosts", min_length=1, max_length=16384)]
+    known_hosts: Annotated[
+        str,
+        Field(
+            alias="knownHosts",
+            min_length=1,
+            max_length=16384,
+            description="known_hosts lines for the server (ssh-keyscan output); other host keys are refused.",
+        ),
+    ]
 
 
 class AzureBlob(Spec):
-    account_url: Annotated[str, Field(alias="accountUrl", max_length=2048)] = ""
+    """Azure Blob Storage. Secret keys: connectionString, or sasToken (with accountUrl)."""
+
+    account_url: Annotated[
+        str,
+        Field(alias="accountUrl", max_length=2048, description="https://ACCOUNT.blob.core.windows.net"),
+    ] = ""
     container: Annotated[str, Field(min_length=3, max_length=63)]
 
 

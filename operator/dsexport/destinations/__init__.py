@@ -1,7 +1,12 @@
-"""Destination backends behind one small interface; ``open_transport`` picks the one a Destination names."""
+"""Destination backends behind one small interface; ``open_transport`` picks the one a Destination names.
+
+Backends are imported on first use so a filesystem-only run does not pay for boto3, google-cloud-storage,
+paramiko and the Azure SDK at start-up. Each backend module offers ``connect(name, block, credentials)``.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 
 from dsexport import resources
@@ -10,12 +15,24 @@ from dsexport.destinations.filesystem import FilesystemTransport
 
 __all__ = ["AlreadyExistsError", "DestinationError", "Transport", "join", "open_transport"]
 
+_MODULES = {
+    resources.DestinationType.s3: ("dsexport.destinations.s3", "s3"),
+    resources.DestinationType.gcs: ("dsexport.destinations.gcs", "gcs"),
+    resources.DestinationType.sftp: ("dsexport.destinations.sftp", "sftp"),
+    resources.DestinationType.azure_blob: ("dsexport.destinations.azure", "azure_blob"),
+}
+
 
 def open_transport(destination: resources.Destination, credentials: Mapping[str, str]) -> Transport:
     """The transport for a Destination; credentials come from its Secret and are never logged."""
     spec = destination.spec
+    name = f"Destination/{destination.metadata.name}"
     if spec.type == resources.DestinationType.filesystem and spec.filesystem is not None:
         return FilesystemTransport(spec.filesystem.path)
-    raise DestinationError(
-        f"Destination/{destination.metadata.name}: type {spec.type.value} is not supported by this build yet"
-    )
+    module_name, attr = _MODULES[spec.type]
+    block = getattr(spec, attr)
+    if block is None:
+        raise DestinationError(f"{name}: type {spec.type.value} needs a {spec.type.value} block")
+    module = importlib.import_module(module_name)
+    transport: Transport = module.connect(name, block, credentials)
+    return transport
