@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from dsexport import crdgen
 from dsexport.resources import (
     KINDS,
+    S3,
     Dataset,
     DatasetExport,
     DatasetExportSpec,
@@ -291,6 +292,7 @@ EXPECTED_RULES = [
     (Dataset, "spec.incremental", Incremental),
     (Destination, "spec", DestinationSpec),
     (Destination, "spec.format", Format),
+    (Destination, "spec.s3", S3),
     (DatasetExport, "spec", DatasetExportSpec),
     (DatasetExport, "spec.schedule", Schedule),
     (DatasetExport, "spec.datasets[].schedule", Schedule),
@@ -432,6 +434,12 @@ INVALID = [
         edited(DESTINATION, "spec.format", {"type": "json", "compression": "zstd"}),
         message(Format),
         id="zstd-with-json",
+    ),
+    pytest.param(
+        Destination,
+        edited(DESTINATION, "spec.s3.kmsKeyId", "alias/exports"),
+        message(S3),
+        id="kmsKeyId-without-aws-kms",
     ),
     pytest.param(Dataset, _with_column("column", None), message(Incremental, 0), id="column-strategy-no-column"),
     pytest.param(Dataset, _with_column("files", "updated_at"), message(Incremental, 1), id="column-with-files"),
