@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit crds bench clean
+.PHONY: demo test lint typecheck unit crds bench clean cluster cluster-down cluster-bin test-servers
 
 $(VENV)/.stamp: requirements/runtime.txt requirements/dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,8 +22,25 @@ lint: $(VENV)/.stamp
 typecheck: $(VENV)/.stamp
 	$(BIN)/mypy
 
-test: lint typecheck
-	$(BIN)/pytest $(PYTEST_ARGS)
+# The control plane binaries are built (or found in the cache) before pytest, so no test waits on a compiler.
+test: lint typecheck cluster-bin test-servers
+	DSEXPORT_K8S_BIN="$$(bash tests/cluster/build.sh)" $(BIN)/pytest $(PYTEST_ARGS)
+
+# etcd, kube-apiserver, kube-controller-manager, kubectl and helm from the pinned Go modules in tests/cluster/build,
+# cached outside the checkout (see docs/test-cluster.md).
+cluster-bin:
+	bash tests/cluster/build.sh
+
+# System packages and npm servers the destination tests run against (idempotent; quick when already there).
+test-servers:
+	bash tests/servers/install.sh
+
+# A real control plane on loopback, detached; prints the kubeconfig path. Stop it with make cluster-down.
+cluster: $(VENV)/.stamp
+	$(PY) -m tests.cluster up
+
+cluster-down: $(VENV)/.stamp
+	$(PY) -m tests.cluster down
 
 crds: $(VENV)/.stamp
 	$(PY) -m dsexport.crdgen crds

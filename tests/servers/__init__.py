@@ -12,6 +12,7 @@ broken variants (wrong credentials, missing bucket) that the shared destination 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -51,6 +52,14 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval
         time.sleep(interval)
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this child when the test process dies, so a killed test run leaves no servers."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def log_tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -69,6 +78,7 @@ class ProcessServer:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     start_timeout: float = 60.0
+    die_with_parent: bool = True
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -84,6 +94,7 @@ class ProcessServer:
                 env={**os.environ, **self.env},
                 cwd=self.cwd,
                 start_new_session=True,  # its own process group: stop() takes its children too
+                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509 - prctl is async-signal-safe
             )
         proc = self.proc
 

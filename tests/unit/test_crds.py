@@ -6,7 +6,6 @@ here the rules are evaluated locally through the models, which is what ``dsexpor
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
+from tests.crd_cases import DATASET, DATASET_EXPORT, DESTINATION, INVALID, VALID, rules_of
 
 from dsexport import crdgen
 from dsexport.resources import (
@@ -32,59 +32,6 @@ from dsexport.resources import (
 )
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
-
-DATASET: dict[str, Any] = yaml.safe_load(
-    """
-apiVersion: dsexport.io/v1alpha1
-kind: Dataset
-metadata: {name: web-events}
-spec:
-  datasetId: 6a1f0c2e9d3b4e00
-  source: {uri: file:///data/lake/web_events, format: parquet, credentialsSecretRef: {name: lake-creds}}
-  incremental: {strategy: files, lookback: 15m}
-"""
-)
-DESTINATION: dict[str, Any] = yaml.safe_load(
-    """
-apiVersion: dsexport.io/v1alpha1
-kind: Destination
-metadata: {name: marketing-s3}
-spec:
-  type: s3
-  s3: {bucket: acme-exports, region: us-east-1, endpoint: "", forcePathStyle: false}
-  credentialsSecretRef: {name: s3-creds}
-  folder: marketing/exports
-  format: {type: parquet, compression: snappy, maxRecordsPerFile: 5000000, maxFileSize: 512Mi}
-"""
-)
-DATASET_EXPORT: dict[str, Any] = yaml.safe_load(
-    """
-apiVersion: dsexport.io/v1alpha1
-kind: DatasetExport
-metadata: {name: marketing-daily}
-spec:
-  destinationRef: {name: marketing-s3}
-  datasets:
-    - name: web-events
-    - name: orders
-      schedule: {frequency: hourly, interval: 3, time: "00:00", startDate: "2026-12-01"}
-  mode: incremental
-  schedule: {frequency: daily, time: "09:30", startDate: "2026-12-01", endDate: "2027-06-01"}
-  suspend: false
-"""
-)
-
-
-def rules_of(model: type[BaseModel]) -> list[dict[str, str]]:
-    extra = model.model_config.get("json_schema_extra")
-    assert isinstance(extra, dict)
-    found = extra["x-kubernetes-validations"]
-    assert isinstance(found, list)
-    return found
-
-
-def message(model: type[BaseModel], index: int = 0) -> str:
-    return rules_of(model)[index]["message"]
 
 
 def schema_of(kind: type[Resource]) -> dict[str, Any]:
@@ -353,105 +300,6 @@ def test_design_examples_are_valid() -> None:
     assert [d.name for d in export.spec.datasets] == ["web-events", "orders"]
 
 
-def edited(document: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """A copy of document with the dotted path set to value (or removed, for ``...``)."""
-    doc = copy.deepcopy(document)
-    *parents, last = path.split(".")
-    node: Any = doc
-    for step in parents:
-        node = node[int(step)] if isinstance(node, list) else node[step]
-    if value is ...:
-        del node[last]
-    else:
-        node[last] = value
-    return doc
-
-
-def _with_column(strategy: str, column: str | None) -> dict[str, Any]:
-    incremental: dict[str, Any] = {"strategy": strategy}
-    if column is not None:
-        incremental["column"] = column
-    return edited(DATASET, "spec.incremental", incremental)
-
-
-INVALID = [
-    pytest.param(
-        Destination,
-        edited(edited(DESTINATION, "spec.s3", ...), "spec.filesystem", {"path": "/exports"}),
-        message(DestinationSpec),
-        id="s3-type-with-filesystem-block",
-    ),
-    pytest.param(
-        Destination,
-        edited(DESTINATION, "spec.filesystem", {"path": "/exports"}),
-        message(DestinationSpec),
-        id="two-backend-blocks",
-    ),
-    pytest.param(
-        Destination,
-        edited(DESTINATION, "spec.s3", ...),
-        message(DestinationSpec),
-        id="no-backend-block",
-    ),
-    pytest.param(
-        DatasetExport,
-        edited(DATASET_EXPORT, "spec.schedule.interval", 6),
-        message(Schedule, 0),
-        id="interval-with-daily",
-    ),
-    pytest.param(
-        DatasetExport,
-        edited(DATASET_EXPORT, "spec.datasets.1.schedule.interval", ...),
-        message(Schedule, 1),
-        id="hourly-without-interval",
-    ),
-    pytest.param(
-        DatasetExport,
-        edited(DATASET_EXPORT, "spec.schedule", {"frequency": "once", "time": "09:30"}),
-        message(Schedule, 2),
-        id="once-without-startDate",
-    ),
-    pytest.param(
-        DatasetExport,
-        edited(DATASET_EXPORT, "spec.schedule.endDate", "2026-11-30"),
-        message(Schedule, 3),
-        id="endDate-before-startDate",
-    ),
-    pytest.param(
-        DatasetExport,
-        edited(DATASET_EXPORT, "spec.schedule.endDate", "2026-12-01"),
-        message(Schedule, 3),
-        id="endDate-equal-to-startDate",
-    ),
-    pytest.param(
-        Destination,
-        edited(DESTINATION, "spec.format", {"type": "json", "compression": "snappy"}),
-        message(Format),
-        id="snappy-with-json",
-    ),
-    pytest.param(
-        Destination,
-        edited(DESTINATION, "spec.format", {"type": "json", "compression": "zstd"}),
-        message(Format),
-        id="zstd-with-json",
-    ),
-    pytest.param(
-        Destination,
-        edited(DESTINATION, "spec.s3.kmsKeyId", "alias/exports"),
-        message(S3),
-        id="kmsKeyId-without-aws-kms",
-    ),
-    pytest.param(Dataset, _with_column("column", None), message(Incremental, 0), id="column-strategy-no-column"),
-    pytest.param(Dataset, _with_column("files", "updated_at"), message(Incremental, 1), id="column-with-files"),
-    pytest.param(
-        DatasetExport,
-        edited(DATASET_EXPORT, "spec.datasets", [{"name": "orders"}, {"name": "web-events"}, {"name": "orders"}]),
-        message(DatasetExportSpec),
-        id="duplicate-dataset-names",
-    ),
-]
-
-
 @pytest.mark.parametrize(("kind", "document", "expected"), INVALID)
 def test_each_cel_rule_rejects_locally(kind: type[Resource], document: dict[str, Any], expected: str) -> None:
     with pytest.raises(ValidationError) as caught:
@@ -463,30 +311,6 @@ def test_every_cel_rule_has_a_rejection_test() -> None:
     covered = {p.values[2] for p in INVALID}
     every = {r["message"] for _, _, model in EXPECTED_RULES for r in rules_of(model)}
     assert every <= covered
-
-
-VALID = [
-    pytest.param(Dataset, _with_column("column", "updated_at"), id="column-strategy-with-column"),
-    pytest.param(Dataset, edited(DATASET, "spec.incremental", ...), id="incremental-defaulted"),
-    pytest.param(
-        Destination,
-        edited(DESTINATION, "spec", {"type": "filesystem", "filesystem": {"path": "/x"}}),
-        id="filesystem",
-    ),
-    pytest.param(
-        Destination,
-        edited(DESTINATION, "spec.format", {"type": "json", "compression": "gzip"}),
-        id="json-gzip",
-    ),
-    pytest.param(Destination, edited(DESTINATION, "spec.format", {"type": "json"}), id="json-default"),
-    pytest.param(Destination, edited(DESTINATION, "spec.format.maxFileSize", 1048576), id="int-file-size"),
-    pytest.param(
-        DatasetExport,
-        edited(DATASET_EXPORT, "spec.schedule", {"frequency": "once", "startDate": "2026-12-01"}),
-        id="once-with-startDate",
-    ),
-    pytest.param(DatasetExport, edited(DATASET_EXPORT, "spec.schedule.startDate", ...), id="endDate-alone"),
-]
 
 
 @pytest.mark.parametrize(("kind", "document"), VALID)

@@ -1,0 +1,139 @@
+"""What only a real API server can show: the generated CRDs install and enforce their CEL rules, RBAC is on,
+and owner references are garbage-collected by the real controller."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from tests.cluster.control_plane import ControlPlane
+from tests.crd_cases import INVALID, VALID
+from tests.servers import wait_until
+
+from dsexport.resources import KINDS, Resource
+
+CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
+GROUP, VERSION = "dsexport.io", "v1alpha1"
+
+
+@pytest.fixture(scope="module")
+def crds(api: client.ApiClient) -> list[str]:
+    """Install every CRD in crds/ (as a user would, with kubectl apply) and wait for each to be Established."""
+    ext = client.ApiextensionsV1Api(api)
+    names = []
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        body = yaml.safe_load(path.read_text())
+        try:
+            ext.create_custom_resource_definition(body)
+        except ApiException as e:  # the chart test may have installed them already: then they must be these
+            if e.status != 409:
+                raise
+            body["metadata"]["resourceVersion"] = ext.read_custom_resource_definition(
+                body["metadata"]["name"]
+            ).metadata.resource_version
+            ext.replace_custom_resource_definition(body["metadata"]["name"], body)
+        names.append(body["metadata"]["name"])
+
+    def established(name: str) -> bool:
+        conditions = ext.read_custom_resource_definition(name).status.conditions or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+    for name in names:
+        wait_until(lambda n=name: established(n), timeout=30, what=f"CRD {name} Established")  # type: ignore[misc]
+    return names
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient) -> str:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    return name
+
+
+def test_version_is_the_pinned_release(control_plane: ControlPlane, api: client.ApiClient) -> None:
+    gomod = (Path(__file__).resolve().parents[1] / "cluster/build/kube/go.mod").read_text()
+    pinned = re.search(r"^\s*(?:require\s+)?k8s\.io/kubernetes (v\S+)", gomod, re.M)
+    assert pinned is not None
+    assert client.VersionApi(api).get_code().git_version == pinned[1]
+
+
+def test_every_generated_crd_installs(crds: list[str]) -> None:
+    assert sorted(crds) == sorted(f"{k.plural}.{GROUP}" for k in KINDS)
+
+
+def _create(api: client.ApiClient, namespace: str, kind: type[Resource], document: dict[str, Any]) -> None:
+    body = {**document, "metadata": {**document["metadata"], "namespace": namespace}}
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural, body)
+
+
+@pytest.mark.parametrize(("kind", "document", "expected"), INVALID)
+def test_api_server_rejects_with_the_cel_message(
+    crds: list[str],
+    api: client.ApiClient,
+    namespace: str,
+    kind: type[Resource],
+    document: dict[str, Any],
+    expected: str,
+) -> None:
+    with pytest.raises(ApiException) as caught:
+        _create(api, namespace, kind, document)
+    assert caught.value.status == 422
+    assert expected in caught.value.body
+
+
+@pytest.mark.parametrize(("kind", "document"), VALID)
+def test_api_server_accepts_valid_variants(
+    crds: list[str], api: client.ApiClient, namespace: str, kind: type[Resource], document: dict[str, Any]
+) -> None:
+    _create(api, namespace, kind, document)
+
+
+def test_rbac_is_enforced(control_plane: ControlPlane, api: client.ApiClient, namespace: str) -> None:
+    """A service account with no role bindings may not list pods: authorization is RBAC, not always-allow."""
+    review = client.AuthorizationV1Api(api).create_subject_access_review(
+        client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=f"system:serviceaccount:{namespace}:default",
+                resource_attributes=client.V1ResourceAttributes(namespace=namespace, verb="list", resource="pods"),
+            )
+        )
+    )
+    assert review.status.allowed is False
+
+
+def test_owner_references_are_garbage_collected(api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(api)
+    owner = core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"), data={"a": "1"})
+    )
+    ref = client.V1OwnerReference(api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid)
+    core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="child", owner_references=[ref]))
+    )
+    core.delete_namespaced_config_map("owner", namespace, propagation_policy="Background")
+
+    def child_gone() -> bool:
+        try:
+            core.read_namespaced_config_map("child", namespace)
+        except ApiException as e:
+            return e.status == 404
+        return False
+
+    wait_until(child_gone, timeout=60, what="the garbage collector to delete the child")
+
+
+def test_kubectl_of_the_same_release_talks_to_it(control_plane: ControlPlane) -> None:
+    out = subprocess.run(
+        [str(control_plane.bin / "kubectl"), "--kubeconfig", str(control_plane.kubeconfig), "get", "--raw", "/readyz"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "ok"
