@@ -238,7 +238,7 @@ def stop_recorded(root: Path, timeout: float = 20.0) -> list[str]:
         return []
     state = json.loads(state_file.read_text())
     stopped: list[str] = []
-    for p in state["processes"]:
+    for p in reversed(state["processes"]):  # controllers first, etcd last, as a graceful shutdown needs
         pid = int(p["pid"])
         try:
             exe = Path(f"/proc/{pid}/exe").readlink()

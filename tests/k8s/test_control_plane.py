@@ -1,0 +1,109 @@
+"""The control plane harness itself: parallel clusters do not collide, a killed test run leaves no process behind,
+a component that fails to start is reported with its log, and make cluster / cluster-down round-trip."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.cluster.control_plane import ControlPlane
+from tests.servers import ServerError, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _kubectl_ready(cp_bin: Path, kubeconfig: Path) -> str:
+    out = subprocess.run(
+        [str(cp_bin / "kubectl"), "--kubeconfig", str(kubeconfig), "get", "--raw", "/readyz"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_a_second_cluster_runs_beside_the_first(control_plane: ControlPlane, tmp_path: Path) -> None:
+    second = ControlPlane(root=tmp_path / "second", bin=control_plane.bin)
+    second.start()
+    try:
+        assert second.api_port != control_plane.api_port
+        assert _kubectl_ready(second.bin, second.kubeconfig) == "ok"
+        assert _kubectl_ready(control_plane.bin, control_plane.kubeconfig) == "ok"
+    finally:
+        second.stop()
+    assert not any(s.proc for s in second.servers)
+
+
+def test_a_component_that_fails_to_start_is_reported_with_its_log(control_plane: ControlPlane, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("etcd", "kube-controller-manager", "kubectl"):
+        (bin_dir / name).symlink_to(control_plane.bin / name)
+    broken = bin_dir / "kube-apiserver"
+    broken.write_text("#!/bin/sh\necho 'E1130 invalid flag --tls-cert-file: no such file' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    cp = ControlPlane(root=tmp_path / "cluster", bin=bin_dir)
+    with pytest.raises(ServerError) as caught:
+        cp.start()
+    assert "kube-apiserver exited with 3" in str(caught.value)
+    assert "invalid flag --tls-cert-file" in str(caught.value)
+    etcd = cp.servers[0]
+    assert etcd.proc is None, "etcd, started before the failure, must have been stopped"
+
+
+def test_a_killed_test_run_leaves_no_component_running(control_plane: ControlPlane, tmp_path: Path) -> None:
+    """SIGKILL the process that owns a cluster: the kernel takes its components down with it."""
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from tests.cluster.control_plane import ControlPlane\n"
+        "cp = ControlPlane(root=Path(sys.argv[1]), bin=Path(sys.argv[2]))\n"
+        "cp.start()\n"
+        "print(json.dumps([s.proc.pid for s in cp.servers]), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "c"), str(control_plane.bin)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+    ) as owner:
+        assert owner.stdout is not None
+        pids = json.loads(owner.stdout.readline())
+        assert len(pids) == 3 and all(_alive(p) for p in pids)
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(timeout=10)
+    wait_until(lambda: not any(_alive(p) for p in pids), timeout=30, what="components to die with their owner")
+
+
+def test_make_cluster_and_cluster_down(control_plane: ControlPlane, tmp_path: Path) -> None:
+    env = {**os.environ, "DSEXPORT_K8S_BIN": str(control_plane.bin)}
+    state = tmp_path / "state"
+    up = subprocess.run(
+        [sys.executable, "-m", "tests.cluster", "up", "--dir", str(state)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env=env,
+    )
+    kubeconfig = Path(up.stdout.strip())
+    assert kubeconfig.is_file()
+    assert _kubectl_ready(control_plane.bin, kubeconfig) == "ok"
+    pids = [p["pid"] for p in json.loads((state / "state.json").read_text())["processes"]]
+    subprocess.run([sys.executable, "-m", "tests.cluster", "down", "--dir", str(state)], check=True, cwd=REPO, env=env)
+    wait_until(lambda: not any(_alive(p) for p in pids), timeout=30, what="make cluster-down to stop everything")
+    assert not state.exists()
