@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,14 +14,20 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import yaml
 
+from dsexport.destinations import Transport, join
+from dsexport.destinations.filesystem import FilesystemTransport
+
 START = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 
 
 def flow_yaml(
     tmp: Path,
     *,
-    source: Path,
-    dest: Path,
+    source: Path | str,
+    dest: Path | None = None,
+    destination: dict[str, Any] | None = None,
+    secrets: dict[str, dict[str, str]] | None = None,
+    folder: str = "out",
     fmt: str = "parquet",
     compression: str | None = None,
     strategy: str = "files",
@@ -30,7 +37,13 @@ def flow_yaml(
     lookback: str = "15m",
     schedule: dict[str, Any] | None = None,
     source_format: str = "parquet",
+    source_secret: str | None = None,
 ) -> Path:
+    """Manifests for one Dataset ``events`` exported by DatasetExport ``flow`` to Destination ``dest``.
+
+    ``dest`` is a local folder (a filesystem Destination); or ``destination`` gives the backend part of the spec
+    (type, backend block, credentialsSecretRef) and ``secrets`` the Secrets it references, by name.
+    """
     incremental: dict[str, Any] = {"strategy": strategy, "lookback": lookback}
     if column:
         incremental["column"] = column
@@ -39,23 +52,25 @@ def flow_yaml(
         fmt_block["compression"] = compression
     if max_records:
         fmt_block["maxRecordsPerFile"] = max_records
+    if destination is None:
+        assert dest is not None, "give dest (a local folder) or destination (a backend spec)"
+        destination = {"type": "filesystem", "filesystem": {"path": str(dest)}}
+    backend = destination
+    source_block: dict[str, Any] = {"uri": str(source), "format": source_format}
+    if source_secret:
+        source_block["credentialsSecretRef"] = {"name": source_secret}
     docs = [
         {
             "apiVersion": "dsexport.io/v1alpha1",
             "kind": "Dataset",
             "metadata": {"name": "events"},
-            "spec": {"source": {"uri": str(source), "format": source_format}, "incremental": incremental},
+            "spec": {"source": source_block, "incremental": incremental},
         },
         {
             "apiVersion": "dsexport.io/v1alpha1",
             "kind": "Destination",
             "metadata": {"name": "dest"},
-            "spec": {
-                "type": "filesystem",
-                "filesystem": {"path": str(dest)},
-                "folder": "out",
-                "format": fmt_block,
-            },
+            "spec": {**backend, "folder": folder, "format": fmt_block},
         },
         {
             "apiVersion": "dsexport.io/v1alpha1",
@@ -70,28 +85,41 @@ def flow_yaml(
             },
         },
     ]
+    for name, values in (secrets or {}).items():
+        docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": values})
     path = tmp / "flow.yaml"
     path.write_text(yaml.safe_dump_all(docs))
     return path
 
 
-def committed(dest: Path, dataset_id: str = "events", folder: str = "out") -> list[dict[str, Any]]:
-    """Manifests of committed slot folders, oldest first."""
-    root = dest / folder / dataset_id
-    if not root.exists():
-        return []
-    return [json.loads(m.read_text()) for m in sorted(root.glob("exportTime=*/_manifest.json"))]
+def _transport(dest: Path | Transport) -> Transport:
+    return FilesystemTransport(str(dest)) if isinstance(dest, Path) else dest
 
 
-def read_committed_ids(dest: Path, dataset_id: str = "events", folder: str = "out") -> list[int]:
+def committed(dest: Path | Transport, dataset_id: str = "events", folder: str = "out") -> list[dict[str, Any]]:
+    """Manifests of committed slot folders, oldest first (``dest``: a local folder or any destination)."""
+    t = _transport(dest)
+    root = join(folder, dataset_id)
+    manifests = []
+    for slot in sorted(t.list_prefixes(root)):
+        data = t.get(join(root, slot, "_manifest.json"))
+        if data is not None:
+            manifests.append(json.loads(data))
+    return manifests
+
+
+def read_committed_ids(dest: Path | Transport, dataset_id: str = "events", folder: str = "out") -> list[int]:
     """Every ``_id`` in every committed data file, checking each file against its manifest entry."""
+    t = _transport(dest)
     ids: list[int] = []
-    root = dest / folder / dataset_id
-    for manifest in committed(dest, dataset_id, folder):
-        slot = root / f"exportTime={manifest['exportTime']}"
+    root = join(folder, dataset_id)
+    for manifest in committed(t, dataset_id, folder):
+        slot = join(root, f"exportTime={manifest['exportTime']}")
         for entry in manifest["files"]:
-            data = (slot / entry["path"]).read_bytes()
+            data = t.get(join(slot, entry["path"]))
+            assert data is not None, f"{entry['path']} is in the manifest but not at the destination"
             assert len(data) == entry["bytes"]
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]
             if entry["path"].endswith(".parquet"):
                 table = pq.read_table(pa.BufferReader(data))
             else:
@@ -100,6 +128,20 @@ def read_committed_ids(dest: Path, dataset_id: str = "events", folder: str = "ou
             assert table.num_rows == entry["records"]
             ids.extend(table.column("_id").to_pylist())
     return ids
+
+
+def assert_only_committed_files(dest: Path | Transport, dataset_id: str = "events", folder: str = "out") -> None:
+    """Every slot folder is committed and holds exactly its manifest's files: no leftovers of killed runs."""
+    t = _transport(dest)
+    root = join(folder, dataset_id)
+    manifests = {f"exportTime={m['exportTime']}": m for m in committed(t, dataset_id, folder)}
+    listed: dict[str, set[str]] = {}
+    for key in t.list_keys(root):
+        slot, _, name = key[len(root) + 1 :].partition("/")
+        listed.setdefault(slot, set()).add(name)
+    assert set(listed) == set(manifests), f"uncommitted folders remain: {sorted(set(listed) - set(manifests))}"
+    for slot, names in listed.items():
+        assert names == {f["path"] for f in manifests[slot]["files"]} | {"_manifest.json", "_SUCCESS"}, slot
 
 
 def source_ids(source: Path) -> list[int]:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dsexport import check as health
 from dsexport import local, manifests, schedule
 from dsexport.exporter import DatasetResult, ExportRequest, Outcome
 
@@ -176,6 +177,36 @@ def validate(files: tuple[str, ...]) -> None:
     bundle = _load(files)
     counts = f"{len(bundle.datasets)} Dataset(s), {len(bundle.destinations)} Destination(s), "
     click.echo(f"ok: {counts}{len(bundle.exports)} DatasetExport(s)")
+
+
+@main.command()
+@_files_option
+@click.option("--destination", "name", required=True, help="The Destination (metadata.name) to test.")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def check(files: tuple[str, ...], name: str, output: str) -> None:
+    """Test a destination: write, create-only, read back, list and delete a probe; exit 1 if any step fails."""
+    bundle = _load(files)
+    destination = bundle.destinations.get(name)
+    if destination is None:
+        known = ", ".join(sorted(bundle.destinations)) or "none"
+        click.echo(f"error: no Destination named {name!r} in the files (found: {known})", err=True)
+        raise SystemExit(EXIT_INVALID)
+    try:
+        credentials = bundle.secret(destination.spec.credentials_secret_ref)
+    except manifests.ManifestError as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(EXIT_INVALID) from None
+    report = health.check_destination(destination, credentials)
+    if output == "json":
+        click.echo(json.dumps(report.as_json(), indent=2))
+    else:
+        click.echo(f"{report.destination} {report.location}".rstrip())
+        for step in report.steps:
+            mark = "ok  " if step.ok else "FAIL"
+            click.echo(f"  {mark} {step.name:<12} {step.seconds * 1000:7.0f} ms  {step.detail}")
+        click.echo("healthy" if report.ok else "unhealthy")
+    if not report.ok:
+        raise SystemExit(EXIT_FAILED)
 
 
 @main.command(name="schedule")
