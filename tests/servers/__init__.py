@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsexport import resources
+from dsexport.destinations import Transport, open_transport
+
 
 class ServerError(RuntimeError):
     """A test server did not start; the message carries its log tail."""
@@ -143,3 +146,20 @@ class Target:
     missing_block: dict[str, Any]
     server: ProcessServer | None
     env: dict[str, str] = field(default_factory=dict)
+
+    def destination_spec(self, *, block: dict[str, Any] | None = None, secret: bool = True) -> dict[str, Any]:
+        """The backend part of a Destination spec (type, block, credentialsSecretRef ``dest-creds``)."""
+        spec: dict[str, Any] = {"type": self.type, self.type: block if block is not None else self.block}
+        if secret and self.secret is not None:
+            spec["credentialsSecretRef"] = {"name": SECRET_NAME}
+        return spec
+
+    def transport(self) -> Transport:
+        """A transport to read back what an export wrote, made the way the exporter makes it."""
+        destination = resources.Destination.model_validate(
+            {"kind": "Destination", "metadata": {"name": "reader"}, "spec": self.destination_spec()}
+        )
+        return open_transport(destination, self.secret or {})
+
+
+SECRET_NAME = "dest-creds"

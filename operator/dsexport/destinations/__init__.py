@@ -28,7 +28,7 @@ def open_transport(destination: resources.Destination, credentials: Mapping[str,
     spec = destination.spec
     name = f"Destination/{destination.metadata.name}"
     if spec.type == resources.DestinationType.filesystem and spec.filesystem is not None:
-        return FilesystemTransport(spec.filesystem.path)
+        return FilesystemTransport(spec.filesystem.path, name)
     module_name, attr = _MODULES[spec.type]
     block = getattr(spec, attr)
     if block is None:

@@ -15,11 +15,23 @@ TEMP_MARKER = ".tmp-"
 
 
 class FilesystemTransport(Transport):
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, name: str = "") -> None:
         self.root = Path(root)
+        self.name = name or self.describe()
 
     def describe(self) -> str:
         return f"filesystem:{self.root}"
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """OS errors become DestinationErrors that name the Destination and its folder."""
+        try:
+            yield
+        except OSError as e:
+            what = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
+            raise DestinationError(
+                f"{self.name}: {what} (check that filesystem.path {self.root} exists and is writable)"
+            ) from None
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -34,7 +46,8 @@ class FilesystemTransport(Transport):
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[Writable]:
         final = self._path(key)
-        temp = self._temp_for(final)
+        with self._errors():
+            temp = self._temp_for(final)
         try:
             with temp.open("wb") as f:
                 yield _SyncingFile(f)
@@ -47,7 +60,8 @@ class FilesystemTransport(Transport):
 
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
         final = self._path(key)
-        temp = self._temp_for(final)
+        with self._errors():
+            temp = self._temp_for(final)
         try:
             with temp.open("wb") as f:
                 f.write(data)
@@ -79,6 +93,9 @@ class FilesystemTransport(Transport):
             return sorted(e.name for e in os.scandir(self._path(prefix)) if e.is_dir())
         except FileNotFoundError:
             return []
+        except OSError:
+            with self._errors():
+                raise
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         root = self.root.resolve()

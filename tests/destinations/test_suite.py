@@ -1,0 +1,216 @@
+"""The same guarantees on every destination: a local folder, S3 (SeaweedFS), GCS (fake-gcs-server), SFTP (OpenSSH)
+and Azure Blob (Azurite), each a real server on loopback.
+
+Exports run through the ``dsexport`` command in a child process, as in a CronJob's pod, and are read back through
+the destination itself, checking every file against its manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.helpers import START, assert_only_committed_files, committed, flow_yaml, read_committed_ids, source_ids
+from tests.scenarios import run_to_end, sigkill_rounds, start_run, time_one_run
+from tests.servers import SECRET_NAME, Target, wait_until
+
+from dsexport import sample
+from dsexport.destinations import join
+
+AT = dt.datetime(2026, 12, 1, 0, 30, tzinfo=dt.UTC)
+FAST_FAIL = {"DSEXPORT_RETRY_DEADLINE": "4", "DSEXPORT_RETRY_ATTEMPTS": "4"}
+
+
+def _flow(tmp: Path, target: Target, folder: str, src: Path, **kw: Any) -> Path:
+    secrets = {SECRET_NAME: target.secret} if target.secret is not None else None
+    return flow_yaml(tmp, source=src, destination=target.destination_spec(), secrets=secrets, folder=folder, **kw)
+
+
+def _run(flow: Path, at: dt.datetime, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:
+    with start_run(flow, at, env) as proc:
+        out, err = proc.communicate(timeout=180)
+    return proc.returncode, json.loads(out) if out.strip() else {}, err.decode()
+
+
+@pytest.mark.parametrize(("fmt", "compression"), [("parquet", "zstd"), ("json", "gzip")])
+def test_backfill_then_incremental_exports_every_row_once(
+    tmp_path: Path, target: Target, folder: str, fmt: str, compression: str
+) -> None:
+    src = tmp_path / "lake"
+    next_id = sample.write_files(src, files=3, rows_per_file=4_000, seed=1, start=START)
+    flow = _flow(tmp_path, target, folder, src, fmt=fmt, compression=compression, max_records=5_000)
+    reader = target.transport()
+
+    run_to_end(flow, AT, target.env)
+    first = committed(reader, folder=folder)
+    assert len(first) == 1 and first[0]["records"] == 12_000 and len(first[0]["files"]) == 3
+
+    sample.write_files(src, files=1, rows_per_file=2_500, seed=2, start=START + dt.timedelta(days=1), id_offset=next_id)
+    later = AT + dt.timedelta(hours=3)
+    run_to_end(flow, later, target.env)
+    run_to_end(flow, later, target.env)  # a retry of a committed slot is a no-op
+    manifests = committed(reader, folder=folder)
+    assert [m["records"] for m in manifests] == [12_000, 2_500]
+    assert Counter(read_committed_ids(reader, folder=folder)) == Counter(source_ids(src))
+    assert_only_committed_files(reader, folder=folder)
+    suffix = ".parquet" if fmt == "parquet" else ".json.gz"
+    assert all(f["path"].endswith(suffix) for m in manifests for f in m["files"])
+
+
+def test_full_mode_exports_a_snapshot_every_run(tmp_path: Path, target: Target, folder: str) -> None:
+    src = tmp_path / "lake"
+    sample.write_files(src, files=2, rows_per_file=3_000, seed=3, start=START)
+    flow = _flow(tmp_path, target, folder, src, mode="full")
+    run_to_end(flow, AT, target.env)
+    run_to_end(flow, AT + dt.timedelta(hours=3), target.env)
+    assert [m["records"] for m in committed(target.transport(), folder=folder)] == [6_000, 6_000]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, target: Target, folder: str) -> None:
+    rng = random.Random(f"suite-{target.type}")
+    src = tmp_path / "lake"
+    next_id = sample.write_files(src, files=3, rows_per_file=15_000, seed=1, start=START)
+    flow = _flow(tmp_path, target, folder, src, max_records=6_000)
+    (tmp_path / "cal").mkdir()
+    window = time_one_run(_flow(tmp_path / "cal", target, f"{folder}-cal", src), AT, target.env)
+    sigkill_rounds(
+        flow=flow,
+        src=src,
+        dest=target.transport(),
+        at=AT,
+        window=window,
+        rng=rng,
+        rounds=6,
+        next_id=next_id,
+        env=target.env,
+        folder=folder,
+    )
+
+
+def test_store_gone_mid_export_fails_cleanly_and_a_later_run_succeeds(
+    tmp_path: Path, target: Target, folder: str
+) -> None:
+    if target.server is None:
+        pytest.skip("a local folder cannot go away mid-export")
+    src = tmp_path / "lake"
+    sample.write_files(src, files=8, rows_per_file=10_000, seed=4, start=START)
+    flow = _flow(tmp_path, target, folder, src, max_records=2_000)
+    reader = target.transport()
+    slot = join(folder, "events")
+    server = target.server
+    try:
+        with start_run(flow, AT, {**target.env, **FAST_FAIL}) as proc:
+            # Take the store away once the run has written something, i.e. in the middle of the export.
+            wait_until(
+                lambda: any(True for _ in reader.list_keys(slot)) or proc.poll() is not None,
+                timeout=120,
+                what="the export to write its first file",
+            )
+            server.stop()
+            started = time.monotonic()
+            out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, f"the run must fail while the store is away: {err.decode()[-2000:]}"
+        assert time.monotonic() - started < 60, "retries must be bounded in time"
+        result = json.loads(out)["results"][0]
+        assert result["outcome"] == "failed"
+        assert "Destination/dest" in result["message"]
+    finally:
+        server.start()
+    reader = target.transport()
+    assert committed(reader, folder=folder) == [], "nothing may be committed by the failed run"
+    run_to_end(flow, AT, target.env)
+    assert Counter(read_committed_ids(reader, folder=folder)) == Counter(source_ids(src))
+    assert_only_committed_files(reader, folder=folder)
+
+
+def test_wrong_credentials_fail_fast_naming_the_destination_without_the_secret(
+    tmp_path: Path, target: Target, folder: str
+) -> None:
+    if target.wrong_secret is None:
+        pytest.skip(f"the {target.type} test server does not check credentials")
+    src = tmp_path / "lake"
+    sample.write_files(src, files=1, rows_per_file=100, seed=5, start=START)
+    flow = flow_yaml(
+        tmp_path,
+        source=src,
+        destination=target.destination_spec(),
+        secrets={SECRET_NAME: target.wrong_secret},
+        folder=folder,
+    )
+    started = time.monotonic()
+    code, out, err = _run(flow, AT, target.env)  # default retry bounds: a permanent failure must not use them
+    assert code == 1
+    assert time.monotonic() - started < 30, "a refused credential is permanent: no retrying"
+    message = json.dumps(out) + err
+    assert "Destination/dest" in message
+    assert "credential" in message.lower() or "password" in message.lower() or "authenticat" in message.lower()
+    for value in target.wrong_secret.values():
+        if len(value) >= 6:
+            assert value not in message, "a secret value leaked into the output"
+
+
+def test_missing_bucket_fails_fast_with_a_clear_message(tmp_path: Path, target: Target, folder: str) -> None:
+    src = tmp_path / "lake"
+    sample.write_files(src, files=1, rows_per_file=100, seed=6, start=START)
+    secrets = {SECRET_NAME: target.secret} if target.secret is not None else None
+    flow = flow_yaml(
+        tmp_path,
+        source=src,
+        destination=target.destination_spec(block=target.missing_block),
+        secrets=secrets,
+        folder=folder,
+    )
+    started = time.monotonic()
+    code, out, err = _run(flow, AT, target.env)
+    assert code == 1, err
+    assert time.monotonic() - started < 30, "a missing bucket is permanent: no retrying"
+    message = json.dumps(out) + err
+    assert "Destination/dest" in message
+    assert "Traceback" not in err
+
+
+def test_check_reports_a_healthy_destination(tmp_path: Path, target: Target, folder: str) -> None:
+    flow = _flow(tmp_path, target, folder, tmp_path / "lake")
+    code, report, err = _check(flow, target)
+    assert code == 0, err
+    assert report["ok"] is True
+    assert [s["name"] for s in report["steps"]] == ["connect", "write", "create-only", "read", "list", "delete"]
+    assert not any(True for _ in target.transport().list_keys(folder)), "the probe must clean up after itself"
+
+
+def test_check_reports_what_fails(tmp_path: Path, target: Target, folder: str) -> None:
+    secrets = {SECRET_NAME: target.wrong_secret or target.secret} if target.secret is not None else None
+    flow = flow_yaml(
+        tmp_path,
+        source=tmp_path / "lake",
+        destination=target.destination_spec(block=None if target.wrong_secret else target.missing_block),
+        secrets=secrets,
+        folder=folder,
+    )
+    code, report, err = _check(flow, target)
+    assert code == 1, err
+    assert report["ok"] is False
+    failed = [s for s in report["steps"] if not s["ok"]]
+    assert failed and "Destination/dest" in failed[0]["detail"]
+
+
+def _check(flow: Path, target: Target) -> tuple[int, dict[str, Any], str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dsexport.cli", "check", "-f", str(flow), "--destination", "dest", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, **target.env},
+    )
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}, proc.stderr
