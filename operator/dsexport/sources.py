@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -38,24 +38,44 @@ class SourceFile:
 
 
 def _filesystem(uri: str, credentials: Mapping[str, str]) -> tuple[pafs.FileSystem, str]:
-    scheme = urlsplit(uri).scheme
-    if scheme in ("", "file"):
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file"):
         local = uri.removeprefix("file://")
         return pafs.LocalFileSystem(), local
-    if scheme == "s3" and credentials:
-        _, path = pafs.FileSystem.from_uri(uri)
-        options: dict[str, Any] = {
-            "access_key": credentials.get("accessKeyId"),
-            "secret_key": credentials.get("secretAccessKey"),
-            "session_token": credentials.get("sessionToken"),
-        }
-        query = dict(p.split("=", 1) for p in urlsplit(uri).query.split("&") if "=" in p)
-        options.update({k: v for k, v in query.items() if k in ("endpoint_override", "region", "scheme")})
-        return pafs.S3FileSystem(**options), path
     try:
+        if parts.scheme == "s3" and credentials:
+            return pafs.S3FileSystem(**_s3_options(parts.query, credentials)), parts.netloc + parts.path
+        if parts.scheme == "gs":
+            return _gcs(uri, parts.query, credentials), parts.netloc + parts.path
         return pafs.FileSystem.from_uri(uri)  # type: ignore[no-any-return]
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"cannot open source {uri}: {e}") from e
+
+
+def _query(query: str, *names: str) -> dict[str, str]:
+    return {k: v for k, v in parse_qsl(query) if k in names}
+
+
+def _s3_options(query: str, credentials: Mapping[str, str]) -> dict[str, Any]:
+    """Keys from the Dataset's Secret; where the store is (an S3-compatible one) from the URI's query."""
+    return {
+        "access_key": credentials.get("accessKeyId"),
+        "secret_key": credentials.get("secretAccessKey"),
+        "session_token": credentials.get("sessionToken"),
+        **_query(query, "endpoint_override", "region", "scheme"),
+    }
+
+
+def _gcs(uri: str, query: str, credentials: Mapping[str, str]) -> pafs.FileSystem:
+    """Application Default Credentials (Workload Identity), or, with an ``endpoint_override``, an emulator:
+    reached anonymously and over http unless the URI says ``scheme=https``."""
+    if credentials:
+        # pyarrow's GCS client takes no service account key, only short-lived tokens it cannot refresh.
+        raise SourceError(f"cannot open source {uri}: gs:// sources take no credentials Secret; use Workload Identity")
+    options = _query(query, "endpoint_override", "scheme")
+    if "endpoint_override" in options:
+        return pafs.GcsFileSystem(anonymous=True, **{"scheme": "http", **options})
+    return pafs.GcsFileSystem(**options)
 
 
 class Source:
