@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,11 @@ def _die_with_parent() -> None:
 _PR_SET_PDEATHSIG = 1
 
 
+def _on_main_thread() -> bool:
+    """PR_SET_PDEATHSIG fires when the forking *thread* ends: only the main thread lives as long as the tests."""
+    return threading.current_thread() is threading.main_thread()
+
+
 def log_tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -97,7 +103,7 @@ class ProcessServer:
                 env={**os.environ, **self.env},
                 cwd=self.cwd,
                 start_new_session=True,  # its own process group: stop() takes its children too
-                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509 - prctl is async-signal-safe
+                preexec_fn=_die_with_parent if self.die_with_parent and _on_main_thread() else None,  # noqa: PLW1509 - prctl is async-signal-safe
             )
         proc = self.proc
 
