@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 from tests.cluster.control_plane import ControlPlane, binaries
+from tests.cluster.node_agent import NodeAgent
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +28,16 @@ def api(control_plane: ControlPlane) -> client.ApiClient:
 @pytest.fixture(scope="session")
 def kubeconfig(control_plane: ControlPlane) -> Path:
     return control_plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def node_agent(api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
+    """One agent for the session, as a cluster has its kubelet all along (two would race for the same pods).
+
+    ``python`` and ``dsexport`` resolve to this virtualenv; the image's ENTRYPOINT is ``dsexport``, so pods that
+    give only ``args`` run it. The heartbeat is fast so that its test is.
+    """
+    python = sys.executable
+    entrypoints = {"python": [python], "dsexport": [str(Path(python).with_name("dsexport"))]}
+    with NodeAgent(api, tmp_path_factory.mktemp("node-agent"), heartbeat_seconds=2.0, entrypoints=entrypoints) as agent:
+        yield agent
