@@ -1,0 +1,310 @@
+"""Amazon S3 and S3-compatible stores, through boto3.
+
+A part streams as a multipart upload that is completed only when its block exits cleanly and aborted otherwise,
+so a reader never sees half a file; the manifest is a conditional put (``If-None-Match: *``), so of two writers of
+one slot exactly one commits. Retries are ``retry.call``'s, not botocore's, so "transient" has one bound on every
+backend; anything else fails at once with a message that says what to fix and never carries a credential.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
+import botocore.exceptions as boto_errors
+from botocore.config import Config
+
+from dsexport import resources
+from dsexport.destinations import retry
+from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, Writable, join
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ListObjectsV2OutputTypeDef, ObjectIdentifierTypeDef
+
+T = TypeVar("T")
+
+# Parts are buffered in memory: 8 MiB keeps memory small while staying above S3's 5 MiB minimum part size.
+PART_SIZE = 8 << 20
+CONNECT_TIMEOUT_SECONDS = 10
+READ_TIMEOUT_SECONDS = 60
+DELETE_BATCH = 1000  # DeleteObjects' limit
+PERMISSIONS = "s3:PutObject, s3:GetObject, s3:ListBucket, s3:DeleteObject and s3:AbortMultipartUpload"
+
+_THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"})
+_CREDENTIALS_REFUSED = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired"}
+)
+_WRONG_REGION = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "301"})
+_EXISTS = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+_NOT_FOUND = frozenset({"NoSuchKey", "404"})
+
+
+def connect(name: str, block: resources.S3, credentials: Mapping[str, str]) -> Transport:
+    return S3Transport(name, block, credentials)
+
+
+def _code(error: boto_errors.ClientError) -> str:
+    return error.response.get("Error", {}).get("Code", "")
+
+
+def _transient(error: BaseException) -> bool:
+    """5xx, throttling and network failures; the same request may well succeed a moment later."""
+    if isinstance(error, boto_errors.ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or status == 429 or _code(error) in _THROTTLED
+    return isinstance(error, boto_errors.HTTPClientError | boto_errors.ConnectionError)
+
+
+class S3Transport(Transport):
+    def __init__(self, name: str, block: resources.S3, credentials: Mapping[str, str]) -> None:
+        self.name = name
+        self.bucket = block.bucket
+        self._block = block
+        self._secret_values = [v for v in credentials.values() if v]
+        self._from_secret = bool(credentials)
+        if self._from_secret and not (credentials.get("accessKeyId") and credentials.get("secretAccessKey")):
+            raise DestinationError(f"{name}: the Secret needs both accessKeyId and secretAccessKey")
+        session = boto3.session.Session(
+            aws_access_key_id=credentials.get("accessKeyId"),
+            aws_secret_access_key=credentials.get("secretAccessKey"),
+            aws_session_token=credentials.get("sessionToken"),
+            region_name=block.region or None,
+        )
+        config = Config(
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
+            retries={"total_max_attempts": 1},  # retry.call owns retries, so there is one bound
+            s3={"addressing_style": "path" if block.force_path_style else "auto"},
+        )
+        try:
+            self._s3: S3Client = session.client("s3", endpoint_url=block.endpoint or None, config=config)
+        except ValueError:
+            raise DestinationError(
+                f"{name}: spec.s3.endpoint {block.endpoint!r} is not a URL (e.g. https://s3.example.com)"
+            ) from None
+        self._sse: dict[str, Any] = {}
+        if block.server_side_encryption:
+            self._sse["ServerSideEncryption"] = block.server_side_encryption
+        if block.kms_key_id:
+            self._sse["SSEKMSKeyId"] = block.kms_key_id
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}"
+
+    def _url(self, key: str) -> str:
+        return f"s3://{join(self.bucket, key)}"
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` under the retry policy; SDK errors become a DestinationError (``from None``: the SDK's
+        exception carries the raw response, which may echo an access key id)."""
+        try:
+            return retry.call(fn, transient=_transient)
+        except (boto_errors.ClientError, boto_errors.BotoCoreError) as e:
+            raise self._error(what, e) from None
+
+    def _error(self, what: str, error: Exception) -> DestinationError:
+        where = f"{self.name}: {what}"
+        store = f" at {self._block.endpoint}" if self._block.endpoint else ""
+        if isinstance(error, boto_errors.NoCredentialsError):
+            return DestinationError(
+                f"{where}: no AWS credentials found; set credentialsSecretRef to a Secret with accessKeyId and "
+                "secretAccessKey, or give the pod an IAM role"
+            )
+        if _transient(error):
+            return DestinationError(self._scrub(f"{where}: the store{store} did not answer, retries ran out ({error})"))
+        if not isinstance(error, boto_errors.ClientError):
+            return DestinationError(self._scrub(f"{where} failed: {error}"))
+        code = _code(error)
+        if code in _EXISTS:
+            return AlreadyExistsError(f"{where}: the object already exists")
+        if code in _CREDENTIALS_REFUSED:
+            fix = (
+                "check the Secret's accessKeyId/secretAccessKey (and sessionToken)"
+                if self._from_secret
+                else "check the pod's AWS credentials (IAM role, AWS_* variables)"
+            )
+            return DestinationError(f"{where}: credentials refused by the store{store} ({code}); {fix}")
+        if code == "NoSuchBucket":
+            return DestinationError(
+                f"{where}: bucket {self.bucket} does not exist{store}; check spec.s3.bucket (and region, endpoint)"
+            )
+        if code in ("AccessDenied", "AllAccessDisabled", "403"):
+            kms = " and kms:GenerateDataKey/kms:Decrypt on the KMS key" if self._block.kms_key_id else ""
+            return DestinationError(
+                f"{where}: permission denied ({code}): the credentials need {PERMISSIONS} on bucket "
+                f"{self.bucket}{kms}; if they have them, check the Secret's accessKeyId/secretAccessKey"
+            )
+        if code in _WRONG_REGION:
+            return DestinationError(
+                f"{where}: bucket {self.bucket} is not in region {self._block.region or 'us-east-1'}; "
+                "set spec.s3.region to the bucket's region"
+            )
+        message = error.response.get("Error", {}).get("Message", "")
+        return DestinationError(self._scrub(f"{where} failed: {code} {message}".rstrip()))
+
+    def _scrub(self, text: str) -> str:
+        """Belt and braces for SDK text: no credential value survives into a message."""
+        for value in self._secret_values:
+            text = text.replace(value, "***")
+        return text
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[Writable]:
+        upload = _Upload(self, key)
+        try:
+            yield upload
+            upload.complete()
+        except BaseException:
+            upload.abort()
+            raise
+
+    def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if create_only else {}
+        attempts = 0
+
+        def once() -> None:
+            nonlocal attempts
+            attempts += 1
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, **condition, **self._sse)
+
+        try:
+            self._call(f"write {self._url(key)}", once)
+        except AlreadyExistsError:
+            # An attempt that landed but lost its response makes the retry find the object: if it holds our
+            # bytes, this write is what created it.
+            if attempts > 1 and self.get(key) == data:
+                return
+            raise
+
+    def get(self, key: str) -> bytes | None:
+        def once() -> bytes | None:
+            try:
+                return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except boto_errors.ClientError as e:
+                if _code(e) in _NOT_FOUND:
+                    return None
+                raise
+
+        return self._call(f"read {self._url(key)}", once)
+
+    def exists(self, key: str) -> bool:
+        # A HEAD response has no body, so a missing bucket looks like a missing key here; listings, which the
+        # commit protocol runs first, name it.
+        def once() -> bool:
+            try:
+                self._s3.head_object(Bucket=self.bucket, Key=key)
+            except boto_errors.ClientError as e:
+                if _code(e) in _NOT_FOUND:
+                    return False
+                raise
+            return True
+
+        return self._call(f"read {self._url(key)}", once)
+
+    def _list(self, prefix: str, **kwargs: Any) -> list[ListObjectsV2OutputTypeDef]:
+        """Every page of a listing of the folder ``prefix``; a transient failure restarts the listing, so no page
+        is seen twice."""
+        paginator = self._s3.get_paginator("list_objects_v2")
+        folder = join(prefix) + "/" if join(prefix) else ""
+        return self._call(
+            f"list {self._url(folder)}",
+            lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=folder, **kwargs)),
+        )
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        return sorted(
+            p["Prefix"].rstrip("/").rsplit("/", 1)[-1]
+            for page in self._list(prefix, Delimiter="/")
+            for p in page.get("CommonPrefixes", [])
+        )
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        for page in self._list(prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"]
+
+    def delete(self, keys: Iterable[str]) -> None:
+        pending = list(keys)
+        for start in range(0, len(pending), DELETE_BATCH):
+            objects: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in pending[start : start + DELETE_BATCH]]
+            delete = functools.partial(
+                self._s3.delete_objects, Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+            )
+            # Missing keys are no error in S3; what is reported is a key the credentials may not delete.
+            for failure in self._call(f"delete in {self.describe()}", delete).get("Errors", []):
+                error = boto_errors.ClientError({"Error": failure}, "DeleteObjects")
+                raise self._error(f"delete {self._url(failure.get('Key', ''))}", error)
+
+    def close(self) -> None:
+        self._s3.close()
+
+
+class _Upload:
+    """One object being written: small ones become a single put, larger ones a multipart upload of PART_SIZE parts.
+
+    Writes arrive on the write-behind thread; ``complete`` and ``abort`` come after it has finished.
+    """
+
+    def __init__(self, transport: S3Transport, key: str) -> None:
+        self._t = transport
+        self._key = key
+        self._what = f"write {transport._url(key)}"
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[CompletedPartTypeDef] = []
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        self._buffer += data
+        if len(self._buffer) >= PART_SIZE:
+            self._send_part()
+        return len(data)
+
+    def _send_part(self) -> None:
+        t, key = self._t, self._key
+        if self._upload_id is None:
+            self._upload_id = t._call(
+                self._what,
+                lambda: t._s3.create_multipart_upload(Bucket=t.bucket, Key=key, **t._sse)["UploadId"],
+            )
+        upload_id, number, body = self._upload_id, len(self._parts) + 1, bytes(self._buffer)
+        self._buffer.clear()
+        etag = t._call(
+            self._what,
+            lambda: t._s3.upload_part(Bucket=t.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)[
+                "ETag"
+            ],
+        )
+        self._parts.append({"ETag": etag, "PartNumber": number})
+
+    def complete(self) -> None:
+        t, key = self._t, self._key
+        if self._upload_id is None:
+            body = bytes(self._buffer)
+            t._call(self._what, lambda: t._s3.put_object(Bucket=t.bucket, Key=key, Body=body, **t._sse))
+            return
+        if self._buffer:
+            self._send_part()
+        upload_id, parts = self._upload_id, self._parts
+        t._call(
+            self._what,
+            lambda: t._s3.complete_multipart_upload(
+                Bucket=t.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            ),
+        )
+
+    def abort(self) -> None:
+        """Drop the uploaded parts. Failing that, the upload stays invisible and a lifecycle rule
+        (AbortIncompleteMultipartUpload) reaps it; the error that got us here is the one worth reporting."""
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is None:
+            return
+        t = self._t
+        with contextlib.suppress(DestinationError):
+            t._call(
+                self._what,
+                lambda: t._s3.abort_multipart_upload(Bucket=t.bucket, Key=self._key, UploadId=upload_id),
+            )
