@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ready = time.monotonic()
     print(
         f"control plane ready in {ready - built:.1f} s (binaries {built - started:.1f} s); "
-        f"stop it with make cluster-down",
+        f"kubectl of the same release: {bin_dir / 'kubectl'}; stop it with make cluster-down",
         file=sys.stderr,
     )
     print(cp.kubeconfig)
