@@ -36,7 +36,7 @@ class FilesystemTransport(Transport):
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root.resolve()):
-            raise DestinationError(f"{self.describe()}: key {key!r} escapes the destination folder")
+            raise DestinationError(f"{self.name}: key {key!r} escapes the destination folder")
         return path
 
     def _temp_for(self, path: Path) -> Path:
@@ -72,7 +72,7 @@ class FilesystemTransport(Transport):
                 try:
                     os.link(temp, final)
                 except FileExistsError:
-                    raise AlreadyExistsError(f"{self.describe()}: {key} already exists") from None
+                    raise AlreadyExistsError(f"{self.name}: {key} already exists") from None
             else:
                 temp.replace(final)
             _fsync_dir(final.parent)

@@ -1,0 +1,166 @@
+"""The Transport contract, once for every destination: a local folder, S3, GCS, SFTP and Azure Blob.
+
+The commit protocol relies on these primitives behaving the same whatever the store: a file that is either whole
+or absent, a create-only put that exactly one writer wins, listings that show temporary leftovers, and retries
+that ride out a store going away but give up within the deadline when it stays away. What a backend does beyond
+the contract (multipart uploads, host keys, SAS tokens, ...) is tested in its own file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+from tests.destinations.contract import (
+    CHUNK,
+    NAME,
+    count_retries,
+    fail_inside_open_write,
+    lose_first_reply,
+    refused,
+    write,
+)
+from tests.servers import ProcessServer, Target, wait_until
+
+from dsexport.destinations import AlreadyExistsError, Transport
+
+# How a remote backend says that the store stayed away through every retry.
+GONE = {
+    "s3": "did not answer, retries ran out",
+    "gcs": "did not answer, retries ran out",
+    "azureBlob": "did not answer, retries ran out",
+    "sftp": "connection failed and retries ran out",
+}
+
+
+def test_large_file_reads_back_identical_and_leaves_no_temporary(transport: Transport, folder: str) -> None:
+    """Larger than two chunks, so every remote backend streams it in pieces and joins them at the end."""
+    data = os.urandom(2 * CHUNK + 12345)
+    key = f"{folder}/ds/exportTime=202612010000/part-00000.parquet"
+    write(transport, key, data)
+    assert transport.get(key) == data
+    assert transport.exists(key)
+    assert list(transport.list_keys(folder)) == [key]
+
+
+def test_small_and_empty_files_round_trip(transport: Transport, folder: str) -> None:
+    write(transport, f"{folder}/small.json", b'{"a": 1}\n')
+    write(transport, f"{folder}/empty.json", b"")
+    assert transport.get(f"{folder}/small.json") == b'{"a": 1}\n'
+    assert transport.get(f"{folder}/empty.json") == b""
+
+
+@pytest.mark.parametrize("size", [100, CHUNK + 1000], ids=["buffered", "one-chunk-sent"])
+def test_error_inside_open_write_leaves_nothing_visible(transport: Transport, folder: str, size: int) -> None:
+    """A part writer that fails mid-file must leave no object, and no temporary name either."""
+    key = f"{folder}/part-00000.parquet"
+    fail_inside_open_write(transport, key, size)
+    assert not transport.exists(key)
+    assert transport.get(key) is None
+    assert list(transport.list_keys(folder)) == []
+
+
+def test_put_create_only_refuses_the_second_writer(target: Target, transport: Transport, folder: str) -> None:
+    """The manifest is put create-only: of two runs committing the same slot, exactly one wins."""
+    key = f"{folder}/_manifest.json"
+    transport.put(key, b"first", create_only=True)
+    with pytest.raises(AlreadyExistsError) as info:
+        transport.put(key, b"second", create_only=True)
+    assert str(info.value).startswith(f"{NAME}: ")
+    assert transport.get(key) == b"first"
+    assert list(transport.list_keys(folder)) == [key]  # the refused writer's temporary, if any, is gone
+    transport.put(key, b"third")  # a plain put replaces
+    assert transport.get(key) == b"third"
+    transport.put(key, b"")
+    assert transport.get(key) == b""
+    assert transport.get(f"{folder}/missing") is None
+
+
+def test_create_only_put_whose_response_was_lost_still_succeeds(
+    transport: Transport, folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt lands but its answer is lost; the retry finds our own bytes, which is no conflict."""
+    lost = lose_first_reply(transport, monkeypatch)
+    transport.put(f"{folder}/_manifest.json", b"ours", create_only=True)
+    assert lost and transport.get(f"{folder}/_manifest.json") == b"ours"
+    with pytest.raises(AlreadyExistsError):  # a second writer still loses
+        transport.put(f"{folder}/_manifest.json", b"theirs", create_only=True)
+
+
+def test_list_and_delete(target: Target, transport: Transport, folder: str) -> None:
+    keys = [f"{folder}/a/1", f"{folder}/b/2", f"{folder}/b/c/3", f"{folder}/b/.4.tmp-0123"]
+    for key in keys:
+        transport.put(key, key.encode())
+    assert transport.list_prefixes(folder) == ["a", "b"]
+    assert transport.list_prefixes(f"{folder}/b") == ["c"]
+    assert transport.list_prefixes(f"{folder}/nothing") == []
+    assert folder in transport.list_prefixes("")
+    # No order is promised (a local folder lists in directory order): compare sorted.
+    assert sorted(transport.list_keys(folder)) == sorted(keys)
+    assert sorted(transport.list_keys(f"{folder}/b")) == sorted(keys[1:])
+    assert list(transport.list_keys(f"{folder}/b/c/")) == [keys[2]]
+    assert list(transport.list_keys(f"{folder}/b/c/3")) == []  # a folder, not a name prefix
+    transport.delete([f"{folder}/a/1", f"{folder}/b/c/3", f"{folder}/never-there"])
+    transport.delete([])
+    assert sorted(transport.list_keys(folder)) == sorted([keys[1], keys[3]])
+    prefixes = transport.list_prefixes(folder)
+    # Emptied folders go, as on an object store; SeaweedFS lists them until its background cleanup runs.
+    assert prefixes == ["b"] or (target.type == "s3" and "b" in prefixes), prefixes
+    assert transport.get(f"{folder}/a/1") is None
+    assert transport.exists(keys[1]) and not transport.exists(f"{folder}/a/1") and not transport.exists(folder)
+
+
+@pytest.mark.parametrize("operation", ["put", "open_write"])
+def test_store_away_and_back_while_an_operation_is_retried(
+    target: Target,
+    transport: Transport,
+    server: ProcessServer,
+    folder: str,
+    monkeypatch: pytest.MonkeyPatch,
+    operation: str,
+) -> None:
+    """The server goes away between two writes and comes back while the second one is being retried."""
+    if operation == "open_write" and target.type == "gcs":
+        pytest.skip("the GCS SDK retries a resumable upload itself, out of retry.call's sight")
+    monkeypatch.setenv("DSEXPORT_RETRY_ATTEMPTS", "30")
+    transport.put(f"{folder}/before", b"1")  # leaves a pooled connection that the restart breaks
+    failures = count_retries(monkeypatch)
+    server.stop()
+    errors: list[BaseException] = []
+    key = f"{folder}/after"
+    data = os.urandom(CHUNK + 1000) if operation == "open_write" else b"after"  # a chunk sent while it is away
+
+    def operate() -> None:
+        try:
+            if operation == "put":
+                transport.put(key, data, create_only=True)
+            else:
+                write(transport, key, data)
+        except BaseException as e:
+            errors.append(e)
+
+    # The operation runs on a thread and the server restarts on this one: a server dies with the thread that
+    # started it (PR_SET_PDEATHSIG), so it must not be a short-lived one.
+    thread = threading.Thread(target=operate)
+    thread.start()
+    wait_until(lambda: len(failures) >= 2, timeout=30, what="the client to retry")
+    server.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert errors == []
+    assert transport.get(key) == data
+    assert transport.get(f"{folder}/before") == b"1"  # the data survived the restart
+
+
+def test_store_gone_for_good_fails_within_the_deadline(
+    target: Target, transport: Transport, server: ProcessServer, folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DSEXPORT_RETRY_DEADLINE", "2")
+    monkeypatch.setenv("DSEXPORT_RETRY_ATTEMPTS", "100")
+    server.stop()
+    started = time.monotonic()
+    message = refused(lambda: transport.put(f"{folder}/x", b"1"))
+    assert time.monotonic() - started < 15
+    assert GONE[target.type] in message
