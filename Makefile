@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit crds bench clean cluster cluster-down cluster-bin test-servers
+.PHONY: demo test lint typecheck unit crds bench bench-upload clean cluster cluster-down cluster-bin test-servers
 
 $(VENV)/.stamp: requirements/runtime.txt requirements/dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -48,6 +48,10 @@ crds: $(VENV)/.stamp
 
 bench: $(VENV)/.stamp
 	$(PY) bench/run.py
+
+# Upload throughput per destination against each SDK's plain upload, on the real test servers.
+bench-upload: $(VENV)/.stamp test-servers
+	$(PY) bench/upload.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1217,7 +1217,13 @@ def main(argv: Sequence[str]) -> int:
         print("\n" + note.replace("**", ""))
     print(f"\n{report.seconds / 60:.1f} min; load average now {_load()}")
     if args.write_docs:
-        DOCS.write_text(render_docs(report, argv))
+        text = render_docs(report, argv)
+        # bench/upload.py owns the section between these markers: carry it over rather than erase it.
+        old = DOCS.read_text() if DOCS.exists() else ""
+        begin, end = old.find("<!-- upload:begin -->"), old.find("<!-- upload:end -->")
+        if 0 <= begin < end:
+            text = text.rstrip("\n") + "\n\n" + old[begin : end + len("<!-- upload:end -->")] + "\n"
+        DOCS.write_text(text)
         print(f"wrote {DOCS.relative_to(REPO)}")
     missed = any(r.passed is False for r in report.rows)
     return 1 if (missed and args.fail_on_miss) else 0

@@ -10,11 +10,12 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from click.testing import CliRunner
 from tests.destinations.conftest import Connect
 from tests.destinations.contract import Outcome, export_from_the_store, fail_inside_open_write, refused, write
@@ -22,7 +23,7 @@ from tests.helpers import flow_yaml
 from tests.servers import SECRET_NAME, Target, seaweed
 
 from dsexport.cli import main
-from dsexport.destinations import s3
+from dsexport.destinations import DestinationError, s3
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -76,6 +77,29 @@ def test_error_inside_open_write_leaves_no_pending_upload(
 ) -> None:
     """An unfinished multipart upload is invisible but billed until aborted: a failed write must abort it."""
     fail_inside_open_write(transport, f"{folder}/part-00000.parquet", size)
+    assert raw.list_multipart_uploads(Bucket=seaweed.BUCKET, Prefix=folder).get("Uploads", []) == []
+
+
+def test_a_part_refused_mid_upload_fails_the_write_and_aborts_it(
+    transport: s3.S3Transport, raw: S3Client, folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts upload in parallel: one refused while others are in flight fails the whole write, leaving nothing."""
+    upload_part = transport._s3.upload_part
+
+    def refuse_the_third(**kwargs: Any) -> Any:
+        if kwargs["PartNumber"] == 3:
+            error = {
+                "Error": {"Code": "AccessDenied", "Message": "denied"},
+                "ResponseMetadata": {"HTTPStatusCode": 403},
+            }
+            raise ClientError(error, "UploadPart")  # type: ignore[arg-type]
+        return upload_part(**kwargs)
+
+    monkeypatch.setattr(transport._s3, "upload_part", refuse_the_third)
+    key = f"{folder}/part-00000.parquet"
+    with pytest.raises(DestinationError, match="permission denied"):
+        write(transport, key, os.urandom(6 * s3.PART_SIZE))
+    assert transport.get(key) is None
     assert raw.list_multipart_uploads(Bucket=seaweed.BUCKET, Prefix=folder).get("Uploads", []) == []
 
 

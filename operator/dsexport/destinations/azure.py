@@ -214,7 +214,11 @@ class AzureBlobTransport(Transport):
 
 
 class _BlockWriter:
-    """Buffers one block, stages it (retried whole from the buffer), and commits the block list at the end."""
+    """Buffers one block, stages it (retried whole from the buffer), and commits the block list at the end.
+
+    The buffer is the list of written chunks, joined once per block: each byte is copied once, where appending to
+    a bytearray, slicing it and converting the slice to bytes copied it three times.
+    """
 
     def __init__(self, transport: AzureBlobTransport, blob: BlobClient, key: str) -> None:
         self._transport = transport
@@ -222,23 +226,38 @@ class _BlockWriter:
         self._key = key
         self._prefix = uuid.uuid4().hex  # another writer's blocks for the same name never collide with ours
         self._blocks: list[BlobBlock] = []
-        self._buffer = bytearray()
+        self._pieces: list[bytes | memoryview] = []
+        self._buffered = 0
 
     def write(self, data: bytes | memoryview, /) -> int:
-        self._buffer += data
-        while len(self._buffer) >= BLOCK_SIZE:
-            self._stage(bytes(self._buffer[:BLOCK_SIZE]))
-            del self._buffer[:BLOCK_SIZE]
+        # Bytes, and views of bytes (the sink's slices), cannot change, so they are kept as they are; anything else
+        # is copied, because the caller may reuse it as soon as this returns.
+        immutable = isinstance(data, bytes) or (isinstance(data, memoryview) and isinstance(data.obj, bytes))
+        self._pieces.append(data if immutable else bytes(data))
+        self._buffered += len(data)
+        if self._buffered >= BLOCK_SIZE:
+            buffer = self._take()
+            full = len(buffer) - len(buffer) % BLOCK_SIZE
+            for start in range(0, full, BLOCK_SIZE):
+                self._stage(buffer if len(buffer) == BLOCK_SIZE else buffer[start : start + BLOCK_SIZE])
+            if full < len(buffer):
+                self._pieces, self._buffered = [buffer[full:]], len(buffer) - full
         return len(data)
+
+    def _take(self) -> bytes:
+        """The buffered bytes as one object (no copy when they are a single chunk), leaving the buffer empty."""
+        buffer = b"".join(self._pieces)
+        self._pieces, self._buffered = [], 0
+        return buffer
 
     def commit(self) -> None:
         what = f"writing {self._key}"
+        data = self._take()
         if not self._blocks:  # a small file: one upload, as atomic as a commit
-            data = bytes(self._buffer)
             self._transport._call(what, lambda: self._blob.upload_blob(data, length=len(data), overwrite=True))
             return
-        if self._buffer:
-            self._stage(bytes(self._buffer))
+        if data:
+            self._stage(data)
         self._transport._call(what, lambda: self._blob.commit_block_list(self._blocks))
 
     def _stage(self, data: bytes) -> None:

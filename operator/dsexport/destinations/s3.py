@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
@@ -29,6 +31,9 @@ T = TypeVar("T")
 
 # Parts are buffered in memory: 8 MiB keeps memory small while staying above S3's 5 MiB minimum part size.
 PART_SIZE = 8 << 20
+# Parts uploading at once (boto3's upload_file uses 10): one part's request waits on the store while the next is
+# sent, which a single sequential upload leaves idle. Memory is bounded by (PARTS_IN_FLIGHT + 1) * PART_SIZE.
+PARTS_IN_FLIGHT = 4
 CONNECT_TIMEOUT_SECONDS = 10
 READ_TIMEOUT_SECONDS = 60
 DELETE_BATCH = 1000  # DeleteObjects' limit
@@ -244,22 +249,32 @@ class S3Transport(Transport):
 
 
 class _Upload:
-    """One object being written: small ones become a single put, larger ones a multipart upload of PART_SIZE parts.
+    """One object being written: small ones become a single put, larger ones a multipart upload of PART_SIZE parts,
+    up to PARTS_IN_FLIGHT of them uploading at once on a pool of this upload's own.
 
-    Writes arrive on the write-behind thread; ``complete`` and ``abort`` come after it has finished.
+    Writes arrive on the write-behind thread; ``complete`` and ``abort`` come after it has finished. A part that
+    failed (after its retries) raises from the next ``write`` or from ``complete``.
     """
 
     def __init__(self, transport: S3Transport, key: str) -> None:
         self._t = transport
         self._key = key
         self._what = f"write {transport._url(key)}"
-        self._buffer = bytearray()
+        self._pieces: list[bytes | memoryview] = []  # joined once per part: each byte is copied once
+        self._buffered = 0
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
+        self._next_number = 1
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: deque[Future[CompletedPartTypeDef]] = deque()
 
     def write(self, data: bytes | memoryview, /) -> int:
-        self._buffer += data
-        if len(self._buffer) >= PART_SIZE:
+        # Bytes, and views of bytes (the sink's slices), cannot change, so they are kept as they are; anything else
+        # is copied, because the caller may reuse it as soon as this returns.
+        immutable = isinstance(data, bytes) or (isinstance(data, memoryview) and isinstance(data.obj, bytes))
+        self._pieces.append(data if immutable else bytes(data))
+        self._buffered += len(data)
+        if self._buffered >= PART_SIZE:
             self._send_part()
         return len(data)
 
@@ -270,24 +285,48 @@ class _Upload:
                 self._what,
                 lambda: t._s3.create_multipart_upload(Bucket=t.bucket, Key=key, **t._sse)["UploadId"],
             )
-        upload_id, number, body = self._upload_id, len(self._parts) + 1, bytes(self._buffer)
-        self._buffer.clear()
+            self._pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="dsexport-s3-part")
+        assert self._pool is not None
+        upload_id, number, body = self._upload_id, self._next_number, self._take()
+        self._next_number += 1
+        while len(self._in_flight) >= PARTS_IN_FLIGHT:
+            self._parts.append(self._in_flight.popleft().result())  # back-pressure; raises a failed part's error
+        self._in_flight.append(self._pool.submit(self._upload_part, upload_id, number, body))
+
+    def _take(self) -> bytes:
+        """The buffered bytes as one object, leaving the buffer empty."""
+        body = b"".join(self._pieces)
+        self._pieces, self._buffered = [], 0
+        return body
+
+    def _upload_part(self, upload_id: str, number: int, body: bytes) -> CompletedPartTypeDef:
+        t, key = self._t, self._key
         etag = t._call(
             self._what,
             lambda: t._s3.upload_part(Bucket=t.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)[
                 "ETag"
             ],
         )
-        self._parts.append({"ETag": etag, "PartNumber": number})
+        return {"ETag": etag, "PartNumber": number}
+
+    def _stop_pool(self) -> None:
+        """Wait for every part still uploading, so none lands after a complete or an abort."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            wait(self._in_flight)
+            pool.shutdown()
 
     def complete(self) -> None:
         t, key = self._t, self._key
         if self._upload_id is None:
-            body = bytes(self._buffer)
+            body = self._take()
             t._call(self._what, lambda: t._s3.put_object(Bucket=t.bucket, Key=key, Body=body, **t._sse))
             return
-        if self._buffer:
+        if self._buffered:
             self._send_part()
+        while self._in_flight:
+            self._parts.append(self._in_flight.popleft().result())
+        self._stop_pool()
         upload_id, parts = self._upload_id, self._parts
         t._call(
             self._what,
@@ -299,6 +338,10 @@ class _Upload:
     def abort(self) -> None:
         """Drop the uploaded parts. Failing that, the upload stays invisible and a lifecycle rule
         (AbortIncompleteMultipartUpload) reaps it; the error that got us here is the one worth reporting."""
+        for future in self._in_flight:
+            future.cancel()
+        self._stop_pool()
+        self._in_flight.clear()
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is None:
             return
