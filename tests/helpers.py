@@ -55,7 +55,6 @@ def flow_yaml(
     if destination is None:
         assert dest is not None, "give dest (a local folder) or destination (a backend spec)"
         destination = {"type": "filesystem", "filesystem": {"path": str(dest)}}
-    backend = destination
     source_block: dict[str, Any] = {"uri": str(source), "format": source_format}
     if source_secret:
         source_block["credentialsSecretRef"] = {"name": source_secret}
@@ -70,7 +69,7 @@ def flow_yaml(
             "apiVersion": "dsexport.io/v1alpha1",
             "kind": "Destination",
             "metadata": {"name": "dest"},
-            "spec": {**backend, "folder": folder, "format": fmt_block},
+            "spec": {**destination, "folder": folder, "format": fmt_block},
         },
         {
             "apiVersion": "dsexport.io/v1alpha1",
