@@ -72,7 +72,7 @@ def rules_of(model: type[BaseModel]) -> list[dict[str, str]]:
     assert isinstance(extra, dict)
     found = extra["x-kubernetes-validations"]
     assert isinstance(found, list)
-    return found
+    return [{"rule": str(r["rule"]), "message": str(r["message"])} for r in found if isinstance(r, dict)]
 
 
 def message(model: type[BaseModel], index: int = 0) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -25,7 +25,7 @@ class _Failed:
 _END = object()
 
 
-def prefetch(items: Iterator[T], *, depth: int) -> Iterator[T]:
+def prefetch(items: Iterator[T], *, depth: int) -> Generator[T]:
     """Yield ``items`` in order while a worker thread produces up to ``depth`` ahead; errors re-raise here."""
     buffer: queue.Queue[object] = queue.Queue(maxsize=depth)
     stopped = threading.Event()

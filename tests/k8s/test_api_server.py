@@ -123,7 +123,7 @@ def test_owner_references_are_garbage_collected(api: client.ApiClient, namespace
         try:
             core.read_namespaced_config_map("child", namespace)
         except ApiException as e:
-            return e.status == 404
+            return bool(e.status == 404)
         return False
 
     wait_until(child_gone, timeout=60, what="the garbage collector to delete the child")

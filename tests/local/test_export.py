@@ -14,16 +14,16 @@ import pytest
 from tests.helpers import START, committed, flow_yaml, read_committed_ids, source_ids
 
 from dsexport import local, manifests, sample
-from dsexport.exporter import Outcome, run_id
+from dsexport.exporter import DatasetResult, Outcome, run_id
 
 T0 = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)  # slot 2026-12-01 00:00 (hourly, every 3 h)
 
 
-def first_run_id(result: local.DatasetResult) -> str:
+def first_run_id(result: DatasetResult) -> str:
     return run_id("flow", result.dataset_id, str(result.export_time))
 
 
-def run(flow: Path, at: dt.datetime, resets: tuple[str, ...] = ()) -> list[local.DatasetResult]:
+def run(flow: Path, at: dt.datetime, resets: tuple[str, ...] = ()) -> list[DatasetResult]:
     bundle = manifests.load_files([flow])
     return local.run(bundle, local.requests(bundle, at=at, resets=resets))
 

@@ -235,7 +235,7 @@ def test_unsupported_unions_are_refused() -> None:
 
 # ------------------------------------------------------------------------------------------------ CEL rules
 
-EXPECTED_RULES = [
+EXPECTED_RULES: list[tuple[type[Resource], str, type[BaseModel]]] = [
     (Dataset, "spec.incremental", Incremental),
     (Destination, "spec", DestinationSpec),
     (Destination, "spec.format", Format),
