@@ -250,15 +250,15 @@ def stop_recorded(root: Path, timeout: float = 20.0) -> list[str]:
             os.killpg(pid, signal.SIGTERM)
         stopped.append(p["name"])
         with contextlib.suppress(TimeoutError):
-            wait_until(lambda: _gone(pid), timeout=timeout, what=p["name"])  # noqa: B023 - used in this iteration
-        if not _gone(pid):
+            wait_until(lambda: exited(pid), timeout=timeout, what=p["name"])  # noqa: B023 - used in this iteration
+        if not exited(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
     state_file.unlink()
     return stopped
 
 
-def _gone(pid: int) -> bool:
+def exited(pid: int) -> bool:
     """Exited (a zombie counts: the detached processes' parent is init, which reaps them in its own time)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"

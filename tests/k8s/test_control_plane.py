@@ -11,18 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cluster.control_plane import ControlPlane
+from tests.cluster.control_plane import ControlPlane, exited
 from tests.servers import ServerError, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _kubectl_ready(cp_bin: Path, kubeconfig: Path) -> str:
@@ -83,10 +75,10 @@ def test_a_killed_test_run_leaves_no_component_running(control_plane: ControlPla
     ) as owner:
         assert owner.stdout is not None
         pids = json.loads(owner.stdout.readline())
-        assert len(pids) == 3 and all(_alive(p) for p in pids)
+        assert len(pids) == 3 and not any(exited(p) for p in pids)
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(timeout=10)
-    wait_until(lambda: not any(_alive(p) for p in pids), timeout=30, what="components to die with their owner")
+    wait_until(lambda: all(exited(p) for p in pids), timeout=30, what="components to die with their owner")
 
 
 def test_make_cluster_and_cluster_down(control_plane: ControlPlane, tmp_path: Path) -> None:
@@ -105,5 +97,5 @@ def test_make_cluster_and_cluster_down(control_plane: ControlPlane, tmp_path: Pa
     assert _kubectl_ready(control_plane.bin, kubeconfig) == "ok"
     pids = [p["pid"] for p in json.loads((state / "state.json").read_text())["processes"]]
     subprocess.run([sys.executable, "-m", "tests.cluster", "down", "--dir", str(state)], check=True, cwd=REPO, env=env)
-    wait_until(lambda: not any(_alive(p) for p in pids), timeout=30, what="make cluster-down to stop everything")
+    wait_until(lambda: all(exited(p) for p in pids), timeout=30, what="make cluster-down to stop everything")
     assert not state.exists()
