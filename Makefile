@@ -13,7 +13,7 @@ $(VENV)/.stamp: requirements/runtime.txt requirements/dev.txt pyproject.toml
 	touch $@
 
 demo: $(VENV)/.stamp
-	$(PY) examples/demo.py
+	$(PY) -m examples.demo
 
 lint: $(VENV)/.stamp
 	$(BIN)/ruff check operator tests bench examples
@@ -43,15 +43,15 @@ cluster-down: $(VENV)/.stamp
 	$(PY) -m tests.cluster down
 
 crds: $(VENV)/.stamp
-	$(PY) -m dsexport.crdgen crds
-	$(PY) -m dsexport.refdoc docs/resources.md
+	$(PY) -m dsexport.api.crdgen crds
+	$(PY) -m dsexport.api.refdoc docs/resources.md
 
 bench: $(VENV)/.stamp
-	$(PY) bench/run.py
+	$(PY) -m bench.run
 
 # Upload throughput per destination against each SDK's plain upload, on the real test servers.
 bench-upload: $(VENV)/.stamp test-servers
-	$(PY) bench/upload.py
+	$(PY) -m bench.upload
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -43,10 +43,13 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import yaml
+from examples import sample
 
 import dsexport
-from dsexport import jsonenc, local, manifests, sample, sources, writers
-from dsexport.exporter import DatasetResult, Outcome
+from dsexport.api import loader
+from dsexport.cli import local
+from dsexport.engine import jsonenc, sources, writers
+from dsexport.engine.exporter import DatasetResult, Outcome
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -129,7 +132,7 @@ def events_source(data: Path, rows: int, rows_per_file: int, *, base: Path | Non
     A larger set reuses a smaller one's files (hard links, same ids and seeds) and generates only the rest.
     """
     folder = data / f"events-{rows}-{rows_per_file}"
-    spec = {"rows": rows, "rows_per_file": rows_per_file, "seed": 1, "generator": "dsexport.sample.write_files"}
+    spec = {"rows": rows, "rows_per_file": rows_per_file, "seed": 1, "generator": "examples.sample.write_files"}
     if _cached(folder, spec):
         return folder
     shutil.rmtree(folder, ignore_errors=True)
@@ -209,7 +212,7 @@ class Contestant:
 
 def run_dsexport(flow: Path, at: str, *, expect: Outcome = Outcome.exported) -> DatasetResult:
     """One in-process run, exactly as the CLI does it minus interpreter start-up and argument parsing."""
-    bundle = manifests.load_files([flow])
+    bundle = loader.load_files([flow])
     results = local.run(bundle, local.requests(bundle, at=_parse_at(at)))
     if len(results) != 1 or results[0].outcome != expect:
         raise RuntimeError(f"dsexport run did not end {expect.value}: {[r.as_json() for r in results]}")
@@ -273,8 +276,8 @@ def pyarrow_parquet(source: Path) -> Callable[[Path], Callable[[], Output]]:
 def _read_ahead() -> tuple[Callable[..., Iterator[pa.RecordBatch]], int] | None:
     """exporter's read-ahead thread around Source.batches (dsexport.prefetch), if this version has one."""
     try:
-        module = importlib.import_module("dsexport.prefetch")
-        depth = int(importlib.import_module("dsexport.exporter").PREFETCH_BATCHES)
+        module = importlib.import_module("dsexport.engine.prefetch")
+        depth = int(importlib.import_module("dsexport.engine.exporter").PREFETCH_BATCHES)
     except (ImportError, AttributeError):
         return None
     return module.prefetch, depth
@@ -667,7 +670,7 @@ incremental export over 10,000 already-exported files: it reads the latest manif
 finds nothing new. Rows marked *diagnostic* under Details are not targets: they isolate where the time goes."""
 
 METHOD = """\
-**Method.** Source data is `dsexport.sample.write_files` (nested experience events: structs, lists of
+**Method.** Source data is `examples.sample.write_files` (nested experience events: structs, lists of
 structs, a map, timestamps), 100,000-row files with 65,536-row row groups, on the local disk and warm in the
 page cache. All contestants of one comparison run in one process, interleaved, the first of each repetition
 rotating; each writes into a fresh folder, `os.sync()` runs (untimed) before each run so nobody pays for
@@ -721,7 +724,7 @@ def render_docs(report: Report, argv: Sequence[str]) -> str:
 
 def _threads_dsexport(fmt: str) -> str:
     writer = "ParquetWriter encodes on the calling thread" if fmt == "parquet" else "polars pool serializes"
-    behind = "; hash + write on a write-behind thread" if importlib.util.find_spec("dsexport.sink") else ""
+    behind = "; hash + write on a write-behind thread" if importlib.util.find_spec("dsexport.engine.sink") else ""
     return f"scan: pyarrow pool ({pa.cpu_count()}), {_read_settings()}; {writer}{behind}"
 
 

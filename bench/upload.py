@@ -39,7 +39,7 @@ from google.cloud import storage  # type: ignore[import-untyped]
 
 from dsexport.destinations import Transport, filesystem, gcs, s3
 from dsexport.destinations import azure as azure_blob
-from dsexport.sink import CHUNK
+from dsexport.engine.sink import CHUNK
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # tests.servers, when run as a script from the repository root

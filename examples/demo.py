@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dsexport import sample
+from examples import sample
 
 FLOW = "examples/local/flow.yaml"
 OUT = Path("demo-output")

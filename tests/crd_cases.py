@@ -13,7 +13,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from dsexport.resources import (
+from dsexport.api import (
     S3,
     Dataset,
     DatasetExport,

@@ -13,7 +13,8 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from dsexport import sample
+from examples import sample
+
 from dsexport.destinations import Transport
 from tests.helpers import START, assert_only_committed_files, read_committed_ids, source_ids
 

@@ -20,7 +20,7 @@ import pytest
 from tests.destinations.contract import NAME
 from tests.servers import ProcessServer, Target
 
-from dsexport import resources
+from dsexport import api
 from dsexport.destinations import Transport, open_transport
 
 LAUNCHERS = {
@@ -112,7 +112,7 @@ def connect(target: Target) -> Iterator[Connect]:
         if credentials is not None:
             spec["credentialsSecretRef"] = {"name": "creds"}
         name = NAME.removeprefix("Destination/")
-        destination = resources.Destination.model_validate({"metadata": {"name": name}, "spec": spec})
+        destination = api.Destination.model_validate({"metadata": {"name": name}, "spec": spec})
         transport = open_transport(destination, credentials or {})
         opened.append(transport)
         return transport

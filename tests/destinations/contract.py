@@ -16,10 +16,10 @@ import pytest
 import requests
 from azure.core.exceptions import ServiceResponseError
 from azure.storage.blob import BlobClient
+from examples import sample
 from google.cloud import storage  # type: ignore[import-untyped]
 from tests.helpers import START, assert_only_committed_files, committed, read_committed_ids, source_ids
 
-from dsexport import sample
 from dsexport.destinations import DestinationError, Transport, retry
 from dsexport.destinations.azure import AzureBlobTransport
 from dsexport.destinations.gcs import GcsTransport

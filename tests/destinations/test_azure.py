@@ -13,7 +13,7 @@ from tests.destinations.conftest import Connect
 from tests.destinations.contract import NAME, refused, write
 from tests.servers import Target, azurite, free_port
 
-from dsexport import resources
+from dsexport import api
 from dsexport.destinations import azure
 from dsexport.destinations.azure import AzureBlobTransport
 
@@ -72,7 +72,7 @@ def test_unreachable_service_does_not_quote_the_sas_signature(
     monkeypatch.setenv("DSEXPORT_RETRY_ATTEMPTS", "100")
     nobody = {**target.block, "accountUrl": f"http://127.0.0.1:{free_port()}/{azurite.ACCOUNT}"}
     token = azurite.sas_token()
-    with_sas = AzureBlobTransport(NAME, resources.AzureBlob.model_validate(nobody), {"sasToken": token})
+    with_sas = AzureBlobTransport(NAME, api.AzureBlob.model_validate(nobody), {"sasToken": token})
     assert "retries ran out" in refused(lambda: with_sas.get(f"{folder}/x"), _sas_signature(token))
 
 

@@ -19,7 +19,8 @@ from tests.destinations.contract import Outcome, export_from_the_store, refused,
 from tests.helpers import flow_yaml
 from tests.servers import Target, fakegcs, free_port
 
-from dsexport import local, manifests
+from dsexport.api import loader
+from dsexport.cli import local
 from dsexport.destinations import gcs
 
 pytestmark = pytest.mark.parametrize("target", ["gcs"], indirect=True)
@@ -109,7 +110,7 @@ def test_gs_source_exports_to_gcs_locally(
     )
 
     def run(at: dt.datetime) -> Outcome:
-        bundle = manifests.load_files([flow])
+        bundle = loader.load_files([flow])
         [result] = local.run(bundle, local.requests(bundle, at=at))
         return result.outcome, result.records, result.files, result.message
 

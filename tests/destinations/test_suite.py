@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from examples import sample
 from tests.helpers import START, assert_only_committed_files, committed, flow_yaml, read_committed_ids, source_ids
 from tests.scenarios import run_to_end, sigkill_rounds, start_run, time_one_run
 from tests.servers import SECRET_NAME, Target, wait_until
 
-from dsexport import sample
 from dsexport.destinations import join
 
 AT = dt.datetime(2026, 12, 1, 0, 30, tzinfo=dt.UTC)

@@ -13,10 +13,9 @@ import random
 from pathlib import Path
 
 import pytest
+from examples import sample
 from tests.helpers import START, flow_yaml
 from tests.scenarios import sigkill_rounds, time_one_run
-
-from dsexport import sample
 
 SEED = int(os.environ.get("DSEXPORT_CRASH_SEED", "20261129"))
 ROUNDS = int(os.environ.get("DSEXPORT_CRASH_ROUNDS", "12"))

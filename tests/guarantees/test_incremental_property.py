@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.helpers import flow_yaml, read_committed_ids, source_ids
 
-from dsexport import local, manifests
-from dsexport.exporter import Outcome
+from dsexport.api import loader
+from dsexport.cli import local
+from dsexport.engine.exporter import Outcome
 
 T0 = dt.datetime(2026, 12, 1, 0, 0, tzinfo=dt.UTC)
 
@@ -62,13 +63,13 @@ def test_any_sequence_of_appends_and_runs_exports_each_row_once(
         for sizes, advance in steps:
             append(src, sizes, counters)
             at += dt.timedelta(hours=3 * advance)
-            bundle = manifests.load_files([flow])
+            bundle = loader.load_files([flow])
             [result] = local.run(bundle, local.requests(bundle, at=at))
             assert result.outcome != Outcome.failed, result.message
             committed = Counter(read_committed_ids(dest))
             assert all(n == 1 for n in committed.values()), "a row was exported twice"
             assert set(committed) <= set(source_ids(src))
-        bundle = manifests.load_files([flow])
+        bundle = loader.load_files([flow])
         [final] = local.run(bundle, local.requests(bundle, at=at + dt.timedelta(hours=3)))
         assert final.outcome != Outcome.failed, final.message
         assert sorted(read_committed_ids(dest)) == sorted(source_ids(src))

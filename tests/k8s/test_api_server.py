@@ -17,7 +17,7 @@ from tests.cluster.control_plane import ControlPlane
 from tests.crd_cases import INVALID, VALID
 from tests.servers import wait_until
 
-from dsexport.resources import KINDS, Resource
+from dsexport.api import KINDS, Resource
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 GROUP, VERSION = "dsexport.io", "v1alpha1"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
+from examples import sample
 from tests.helpers import START, flow_yaml
 
-from dsexport import sample
 from dsexport.cli import main
 
 

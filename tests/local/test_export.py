@@ -11,10 +11,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from examples import sample
 from tests.helpers import START, committed, flow_yaml, read_committed_ids, source_ids
 
-from dsexport import local, manifests, sample
-from dsexport.exporter import DatasetResult, Outcome, run_id
+from dsexport.api import loader
+from dsexport.cli import local
+from dsexport.engine.exporter import DatasetResult, Outcome, run_id
 
 T0 = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)  # slot 2026-12-01 00:00 (hourly, every 3 h)
 
@@ -24,7 +26,7 @@ def first_run_id(result: DatasetResult) -> str:
 
 
 def run(flow: Path, at: dt.datetime, resets: tuple[str, ...] = ()) -> list[DatasetResult]:
-    bundle = manifests.load_files([flow])
+    bundle = loader.load_files([flow])
     return local.run(bundle, local.requests(bundle, at=at, resets=resets))
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsexport import resources
+from dsexport import api
 from dsexport.destinations import Transport, open_transport
 
 
@@ -162,7 +162,7 @@ class Target:
 
     def transport(self) -> Transport:
         """A transport to read back what an export wrote, made the way the exporter makes it."""
-        destination = resources.Destination.model_validate(
+        destination = api.Destination.model_validate(
             {"kind": "Destination", "metadata": {"name": "reader"}, "spec": self.destination_spec()}
         )
         return open_transport(destination, self.secret or {})

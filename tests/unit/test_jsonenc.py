@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dsexport import jsonenc
-from dsexport.jsonenc import NdjsonWriter, encode_batch, json_schema
+from dsexport.engine import jsonenc
+from dsexport.engine.jsonenc import NdjsonWriter, encode_batch, json_schema
 
 UNITS = ["s", "ms", "us", "ns"]
 PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dsexport.prefetch import prefetch
+from dsexport.engine.prefetch import prefetch
 
 
 def test_order_is_kept() -> None:

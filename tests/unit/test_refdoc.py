@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from dsexport import refdoc
+from dsexport.api import refdoc
 
 
 def test_committed_reference_matches_the_models() -> None:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsexport.resources import Schedule
-from dsexport.schedule import (
+from dsexport.api import Schedule
+from dsexport.engine.schedule import (
     CronSchedule,
     NoSlotError,
     cron_schedule,

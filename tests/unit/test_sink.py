@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from dsexport.sink import CHUNK, WriteBehindSink
+from dsexport.engine.sink import CHUNK, WriteBehindSink
 
 
 def test_bytes_and_hash_match_whatever_the_write_sizes() -> None:

@@ -9,25 +9,25 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 
-from dsexport import resources
+from dsexport import api
 from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, join
 from dsexport.destinations.filesystem import FilesystemTransport
 
 __all__ = ["AlreadyExistsError", "DestinationError", "Transport", "join", "open_transport"]
 
 _MODULES = {
-    resources.DestinationType.s3: ("dsexport.destinations.s3", "s3"),
-    resources.DestinationType.gcs: ("dsexport.destinations.gcs", "gcs"),
-    resources.DestinationType.sftp: ("dsexport.destinations.sftp", "sftp"),
-    resources.DestinationType.azure_blob: ("dsexport.destinations.azure", "azure_blob"),
+    api.DestinationType.s3: ("dsexport.destinations.s3", "s3"),
+    api.DestinationType.gcs: ("dsexport.destinations.gcs", "gcs"),
+    api.DestinationType.sftp: ("dsexport.destinations.sftp", "sftp"),
+    api.DestinationType.azure_blob: ("dsexport.destinations.azure", "azure_blob"),
 }
 
 
-def open_transport(destination: resources.Destination, credentials: Mapping[str, str]) -> Transport:
+def open_transport(destination: api.Destination, credentials: Mapping[str, str]) -> Transport:
     """The transport for a Destination; credentials come from its Secret and are never logged."""
     spec = destination.spec
     name = f"Destination/{destination.metadata.name}"
-    if spec.type == resources.DestinationType.filesystem and spec.filesystem is not None:
+    if spec.type == api.DestinationType.filesystem and spec.filesystem is not None:
         return FilesystemTransport(spec.filesystem.path, name)
     module_name, attr = _MODULES[spec.type]
     block = getattr(spec, attr)

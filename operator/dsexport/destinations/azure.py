@@ -32,7 +32,7 @@ from azure.core.exceptions import (
 from azure.core.paging import ItemPaged
 from azure.storage.blob import BlobBlock, BlobClient, BlobPrefix, ContainerClient
 
-from dsexport import resources
+from dsexport import api
 from dsexport.destinations import retry
 from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, Writable, join
 
@@ -52,7 +52,7 @@ PERMISSION_CODES = frozenset(
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 
-def connect(name: str, block: resources.AzureBlob, credentials: Mapping[str, str]) -> AzureBlobTransport:
+def connect(name: str, block: api.AzureBlob, credentials: Mapping[str, str]) -> AzureBlobTransport:
     """Check the credentials and the container now, before any data is read."""
     transport = AzureBlobTransport(name, block, credentials)
     transport.check()
@@ -60,7 +60,7 @@ def connect(name: str, block: resources.AzureBlob, credentials: Mapping[str, str
 
 
 class AzureBlobTransport(Transport):
-    def __init__(self, name: str, block: resources.AzureBlob, credentials: Mapping[str, str]) -> None:
+    def __init__(self, name: str, block: api.AzureBlob, credentials: Mapping[str, str]) -> None:
         self._name = name
         self._secrets = [v for v in credentials.values() if v]
         options: dict[str, Any] = {

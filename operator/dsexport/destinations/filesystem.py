@@ -130,7 +130,7 @@ SYNC_EVERY = 32 << 20
 class _SyncingFile:
     """Starts writing back every ``SYNC_EVERY`` bytes, so the fsync before the rename has little left to wait for.
 
-    Writes arrive on the write-behind thread (``dsexport.sink``): the disk then works while encoding goes on,
+    Writes arrive on the write-behind thread (``dsexport.engine.sink``): the disk then works while encoding goes on,
     where one large fsync at the end would stall the whole export. The writeback is only started, not waited for
     (POSIX_FADV_DONTNEED on the bytes just written: Linux queues their dirty pages for writeback and drops the
     clean ones, which an export never reads again), so neither the writer nor the disk waits for the other; where

@@ -24,7 +24,7 @@ from google.cloud.storage.exceptions import InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 
-from dsexport import resources
+from dsexport import api
 from dsexport.destinations import retry
 from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, Writable, join
 
@@ -46,7 +46,7 @@ _SDK_ERRORS = (
 )
 
 
-def connect(name: str, block: resources.Gcs, credentials: Mapping[str, str]) -> Transport:
+def connect(name: str, block: api.Gcs, credentials: Mapping[str, str]) -> Transport:
     return GcsTransport(name, block, credentials)
 
 
@@ -94,7 +94,7 @@ def _service_account(name: str, raw: str) -> Credentials:
 
 
 class GcsTransport(Transport):
-    def __init__(self, name: str, block: resources.Gcs, credentials: Mapping[str, str]) -> None:
+    def __init__(self, name: str, block: api.Gcs, credentials: Mapping[str, str]) -> None:
         self.name = name
         self._block = block
         self._from_secret = "serviceAccountJson" in credentials

@@ -19,7 +19,7 @@ import boto3
 import botocore.exceptions as boto_errors
 from botocore.config import Config
 
-from dsexport import resources
+from dsexport import api
 from dsexport.destinations import retry
 from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, Writable, join
 
@@ -48,7 +48,7 @@ _EXISTS = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _NOT_FOUND = frozenset({"NoSuchKey", "404"})
 
 
-def connect(name: str, block: resources.S3, credentials: Mapping[str, str]) -> Transport:
+def connect(name: str, block: api.S3, credentials: Mapping[str, str]) -> Transport:
     return S3Transport(name, block, credentials)
 
 
@@ -65,7 +65,7 @@ def _transient(error: BaseException) -> bool:
 
 
 class S3Transport(Transport):
-    def __init__(self, name: str, block: resources.S3, credentials: Mapping[str, str]) -> None:
+    def __init__(self, name: str, block: api.S3, credentials: Mapping[str, str]) -> None:
         self.name = name
         self.bucket = block.bucket
         self._block = block

@@ -27,7 +27,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from dsexport import resources
+from dsexport import api
 from dsexport.destinations import retry
 from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, Writable
 
@@ -41,7 +41,7 @@ IO_TIMEOUT = 60.0  # one SFTP reply: a server that stops answering is treated as
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
-def connect(name: str, block: resources.Sftp, credentials: Mapping[str, str]) -> SftpTransport:
+def connect(name: str, block: api.Sftp, credentials: Mapping[str, str]) -> SftpTransport:
     """Connect and log in now, so bad credentials or host keys fail before any data is read."""
     transport = SftpTransport(name, block, credentials)
     transport.check()
@@ -49,7 +49,7 @@ def connect(name: str, block: resources.Sftp, credentials: Mapping[str, str]) ->
 
 
 class SftpTransport(Transport):
-    def __init__(self, name: str, block: resources.Sftp, credentials: Mapping[str, str]) -> None:
+    def __init__(self, name: str, block: api.Sftp, credentials: Mapping[str, str]) -> None:
         self._name = name
         self._block = block
         self._password = credentials.get("password") or None
@@ -534,7 +534,7 @@ def _set_timeout(sftp: paramiko.SFTPClient) -> None:
         channel.settimeout(IO_TIMEOUT)
 
 
-def _known_hosts_name(block: resources.Sftp) -> str:
+def _known_hosts_name(block: api.Sftp) -> str:
     """The name a known_hosts line must carry for this server (OpenSSH adds the port when it is not 22)."""
     return block.host if block.port == 22 else f"[{block.host}]:{block.port}"
 

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from dsexport import resources
+from dsexport import api
 
 
 class ManifestError(ValueError):
@@ -23,12 +23,12 @@ class ManifestError(ValueError):
 class Bundle:
     """Everything read from a set of files, keyed by name (local mode has one namespace)."""
 
-    datasets: dict[str, resources.Dataset] = field(default_factory=dict)
-    destinations: dict[str, resources.Destination] = field(default_factory=dict)
-    exports: dict[str, resources.DatasetExport] = field(default_factory=dict)
+    datasets: dict[str, api.Dataset] = field(default_factory=dict)
+    destinations: dict[str, api.Destination] = field(default_factory=dict)
+    exports: dict[str, api.DatasetExport] = field(default_factory=dict)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def secret(self, ref: resources.ObjectRef | None) -> dict[str, str]:
+    def secret(self, ref: api.ObjectRef | None) -> dict[str, str]:
         """The referenced Secret's values; an unset reference means no credentials."""
         if ref is None:
             return {}
@@ -46,7 +46,7 @@ def format_validation_error(where: str, error: ValidationError) -> list[str]:
     return lines
 
 
-_MODELS: dict[str, type[resources.Resource]] = {k.kind_name: k for k in resources.KINDS}
+_MODELS: dict[str, type[api.Resource]] = {k.kind_name: k for k in api.KINDS}
 
 
 def _secret_values(doc: Mapping[str, Any], where: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dsexport.sources import SourceFile
+from dsexport.engine.sources import SourceFile
 
 
 def _iso_ns(ns: int) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from dsexport.resources import Frequency, Schedule
+from dsexport.api import Frequency, Schedule
 
 CRON_TIME_ZONE = "Etc/UTC"
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dsexport import resources
+from dsexport import api
 from dsexport.destinations import AlreadyExistsError, DestinationError, Transport, join, open_transport
 
 PROBE_FOLDER = ".dsexport-check"
@@ -60,7 +60,7 @@ def _timed(name: str, fn: Callable[[], str]) -> Step:
     return Step(name, True, detail, time.monotonic() - started)
 
 
-def check_destination(destination: resources.Destination, credentials: Mapping[str, str]) -> Report:
+def check_destination(destination: api.Destination, credentials: Mapping[str, str]) -> Report:
     """Connect, write, create-only, read back, list, delete a probe under ``FOLDER/.dsexport-check/``."""
     name = f"Destination/{destination.metadata.name}"
     transport: Transport | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,9 +12,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dsexport import check as health
-from dsexport import local, manifests, schedule
-from dsexport.exporter import DatasetResult, ExportRequest, Outcome
+from dsexport.api import loader
+from dsexport.cli import local
+from dsexport.engine import check as health
+from dsexport.engine import schedule
+from dsexport.engine.exporter import DatasetResult, ExportRequest, Outcome
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -43,10 +44,10 @@ def _parse_at(value: str | None) -> dt.datetime:
     return parsed.astimezone(dt.UTC)
 
 
-def _load(files: Sequence[str]) -> manifests.Bundle:
+def _load(files: Sequence[str]) -> loader.Bundle:
     try:
-        return manifests.load_files(files)
-    except manifests.ManifestError as e:
+        return loader.load_files(files)
+    except loader.ManifestError as e:
         click.echo(f"error: invalid manifests:\n{e}", err=True)
         raise SystemExit(EXIT_INVALID) from None
 
@@ -73,7 +74,7 @@ def run(files: tuple[str, ...], exports: tuple[str, ...], at: str | None, resets
     when = _parse_at(at)
     try:
         plan = local.requests(bundle, exports=exports, at=when, resets=resets)
-    except manifests.ManifestError as e:
+    except loader.ManifestError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(EXIT_INVALID) from None
     console = Console(stderr=True)
@@ -96,7 +97,7 @@ def run(files: tuple[str, ...], exports: tuple[str, ...], at: str | None, resets
         raise SystemExit(EXIT_FAILED)
 
 
-def _run_with_progress(bundle: manifests.Bundle, plan: list[ExportRequest], console: Console) -> list[DatasetResult]:
+def _run_with_progress(bundle: loader.Bundle, plan: list[ExportRequest], console: Console) -> list[DatasetResult]:
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -193,7 +194,7 @@ def check(files: tuple[str, ...], name: str, output: str) -> None:
         raise SystemExit(EXIT_INVALID)
     try:
         credentials = bundle.secret(destination.spec.credentials_secret_ref)
-    except manifests.ManifestError as e:
+    except loader.ManifestError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(EXIT_INVALID) from None
     report = health.check_destination(destination, credentials)
@@ -240,7 +241,3 @@ def schedule_cmd(files: tuple[str, ...], count: int, after: str | None, output: 
         click.echo(f"{row['export']}/{row['dataset']}: cron {row['cron']!r} ({row['timeZone']})")
         for t in row["next"] or ["(no more exports: the schedule has ended)"]:
             click.echo(f"  {t}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

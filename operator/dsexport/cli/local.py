@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 
-from dsexport import resources
+from dsexport import api
+from dsexport.api.loader import Bundle, ManifestError
 from dsexport.destinations import DestinationError, open_transport
-from dsexport.exporter import DatasetResult, ExportRequest, Outcome, export_dataset
-from dsexport.manifests import Bundle, ManifestError
+from dsexport.engine.exporter import DatasetResult, ExportRequest, Outcome, export_dataset
 
 
 def requests(
@@ -55,7 +55,7 @@ def run(
         if flow.spec.suspend:
             results.append(_skipped(request, Outcome.suspended, "spec.suspend is true"))
             continue
-        destination: resources.Destination = request.destination
+        destination: api.Destination = request.destination
         try:
             transport = open_transport(destination, bundle.secret(destination.spec.credentials_secret_ref))
         except DestinationError as e:

@@ -19,11 +19,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from dsexport import commit, jsonenc, resources, schedule, watermark
+from dsexport import api
 from dsexport.destinations import Transport
-from dsexport.prefetch import prefetch
-from dsexport.sources import Source
-from dsexport.writers import PartFile, write_parts
+from dsexport.engine import commit, jsonenc, schedule, watermark
+from dsexport.engine.prefetch import prefetch
+from dsexport.engine.sources import Source
+from dsexport.engine.writers import PartFile, write_parts
 
 PREFETCH_BATCHES = 1
 
@@ -75,10 +76,10 @@ class ExportRequest:
     """Everything one dataset export needs; built from a DatasetExport in local mode or by the operator."""
 
     flow: str
-    dataset: resources.Dataset
-    destination: resources.Destination
-    mode: resources.Mode
-    schedule: resources.Schedule
+    dataset: api.Dataset
+    destination: api.Destination
+    mode: api.Mode
+    schedule: api.Schedule
     at: dt.datetime
     reset: bool = False
     source_credentials: Mapping[str, str] = field(default_factory=dict)
@@ -129,15 +130,15 @@ def _export(request: ExportRequest, transport: Transport, on_records: Callable[[
         commit.clean_folder(transport, commit.slot_folder(spec.folder, dataset.dataset_id, leftover))
 
     previous = None if request.reset or state.latest is None else state.latest
-    incremental = request.mode == resources.Mode.incremental and previous is not None
+    incremental = request.mode == api.Mode.incremental and previous is not None
     prev_state = previous.get("state") if (previous is not None and incremental) else None
 
     source = Source(dataset.spec.source, request.source_credentials)
     listing = source.list_files()
     inc = dataset.spec.incremental
-    lookback_ns = resources.parse_duration_seconds(inc.lookback) * 1_000_000_000
+    lookback_ns = api.parse_duration_seconds(inc.lookback) * 1_000_000_000
     cursor: watermark.ColumnCursor | None = None
-    if inc.strategy == resources.Strategy.files:
+    if inc.strategy == api.Strategy.files:
         selection = watermark.select_files(listing, prev_state, lookback_ns=lookback_ns)
         files, new_state, wm_range = selection.files, selection.state, selection.range
         if incremental and not files:
@@ -202,7 +203,7 @@ def _export(request: ExportRequest, transport: Transport, on_records: Callable[[
 
 
 def _describe(request: ExportRequest, backfill: bool) -> str:
-    if request.mode == resources.Mode.full:
+    if request.mode == api.Mode.full:
         return "full snapshot"
     if request.reset:
         return "full backfill (reset)"
@@ -223,7 +224,7 @@ def _manifest(
     source_files: list[str] | None,
 ) -> dict[str, Any]:
     fmt = request.destination.spec.format
-    file_schema = schema if fmt.type == resources.OutputFormat.parquet else jsonenc.json_schema(schema)
+    file_schema = schema if fmt.type == api.OutputFormat.parquet else jsonenc.json_schema(schema)
     manifest: dict[str, Any] = {
         "version": commit.MANIFEST_VERSION,
         "flow": request.flow,

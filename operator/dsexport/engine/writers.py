@@ -14,9 +14,10 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dsexport import jsonenc, resources
+from dsexport import api
 from dsexport.destinations import Transport, join
-from dsexport.sink import WriteBehindSink
+from dsexport.engine import jsonenc
+from dsexport.engine.sink import WriteBehindSink
 
 
 @dataclass(frozen=True)
@@ -85,20 +86,20 @@ class _JsonPart:
             self.gz.close()
 
 
-def extension(fmt: resources.Format) -> str:
-    if fmt.type == resources.OutputFormat.parquet:
+def extension(fmt: api.Format) -> str:
+    if fmt.type == api.OutputFormat.parquet:
         return ".parquet"
     return ".json.gz" if fmt.effective_compression == "gzip" else ".json"
 
 
-def part_name(index: int, run_id: str, fmt: resources.Format) -> str:
+def part_name(index: int, run_id: str, fmt: api.Format) -> str:
     return f"part-{index:05d}-{run_id}{extension(fmt)}"
 
 
 class _Part:
     """One part file being written: finish() makes it visible, abort() leaves nothing behind."""
 
-    def __init__(self, transport: Transport, folder: str, name: str, schema: pa.Schema, fmt: resources.Format) -> None:
+    def __init__(self, transport: Transport, folder: str, name: str, schema: pa.Schema, fmt: api.Format) -> None:
         self.name = name
         self.records = 0
         self._target = transport.open_write(join(folder, name))
@@ -106,7 +107,7 @@ class _Part:
         compression = fmt.effective_compression
         self.writer: _FormatWriter = (
             _ParquetPart(self.sink, schema, compression)
-            if fmt.type == resources.OutputFormat.parquet
+            if fmt.type == api.OutputFormat.parquet
             else _JsonPart(self.sink, compression)
         )
 
@@ -129,7 +130,7 @@ def write_parts(
     batches: Iterable[pa.RecordBatch],
     *,
     schema: pa.Schema,
-    fmt: resources.Format,
+    fmt: api.Format,
     transport: Transport,
     folder: str,
     run_id: str,

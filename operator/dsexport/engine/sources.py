@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from dsexport import resources
+from dsexport import api
 
 # Small read-ahead keeps peak memory bounded whatever the row-group sizes; throughput barely changes because
 # decoding, not I/O, dominates on local and object-store sources alike.
@@ -19,10 +19,10 @@ BATCH_SIZE = 64 * 1024
 BATCH_READAHEAD = 1
 FRAGMENT_READAHEAD = 1
 
-_EXTENSIONS: dict[resources.SourceFormat, tuple[str, ...]] = {
-    resources.SourceFormat.parquet: (".parquet", ".parq", ".pq"),
-    resources.SourceFormat.json: (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz"),
-    resources.SourceFormat.csv: (".csv", ".csv.gz", ".tsv"),
+_EXTENSIONS: dict[api.SourceFormat, tuple[str, ...]] = {
+    api.SourceFormat.parquet: (".parquet", ".parq", ".pq"),
+    api.SourceFormat.json: (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz"),
+    api.SourceFormat.csv: (".csv", ".csv.gz", ".tsv"),
 }
 
 
@@ -81,7 +81,7 @@ def _gcs(uri: str, query: str, credentials: Mapping[str, str]) -> pafs.FileSyste
 class Source:
     """One Dataset's files under a URI, in one format."""
 
-    def __init__(self, spec: resources.Source, credentials: Mapping[str, str] | None = None) -> None:
+    def __init__(self, spec: api.Source, credentials: Mapping[str, str] | None = None) -> None:
         self.spec = spec
         self.fs, self.root = _filesystem(spec.uri, credentials or {})
         self.root = self.root.rstrip("/")
@@ -111,9 +111,9 @@ class Source:
         return files
 
     def _file_format(self) -> pads.FileFormat:
-        if self.format == resources.SourceFormat.parquet:
+        if self.format == api.SourceFormat.parquet:
             return pads.ParquetFileFormat()
-        if self.format == resources.SourceFormat.json:
+        if self.format == api.SourceFormat.json:
             return pads.JsonFileFormat()
         return pads.CsvFileFormat()
 

@@ -1,0 +1,5 @@
+import sys
+
+from dsexport.cli.commands import main
+
+sys.exit(main())
