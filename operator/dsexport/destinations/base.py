@@ -7,19 +7,15 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from dsexport.errors import AlreadyExistsError, DestinationError
+
+__all__ = ["AlreadyExistsError", "DestinationError", "Transport", "Writable", "join"]
+
 
 class Writable(Protocol):
     """What a part writer needs from a destination file: sequential writes, nothing else."""
 
     def write(self, data: bytes | memoryview, /) -> int: ...
-
-
-class DestinationError(RuntimeError):
-    """A destination operation failed; the message names the destination and never carries a secret."""
-
-
-class AlreadyExistsError(DestinationError):
-    """A create-only write found the key already there: another writer committed first."""
 
 
 class Transport(ABC):
