@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import posixpath
 import secrets
 import socket
@@ -24,12 +23,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import paramiko
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from dsexport import api
 from dsexport.destinations import retry
 from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, Writable
+from dsexport.destinations.sftp import host_keys, private_key
 
 T = TypeVar("T")
 
@@ -53,10 +51,10 @@ class SftpTransport(Transport):
         self._name = name
         self._block = block
         self._password = credentials.get("password") or None
-        self._pkey = _load_private_key(name, credentials) if credentials.get("privateKey") else None
+        self._pkey = private_key.load(credentials, name=name) if credentials.get("privateKey") else None
         if self._password is None and self._pkey is None:
             raise DestinationError(f"{name}: the credentials Secret needs a password or a privateKey for SFTP")
-        self._trusted, self._revoked = _parse_known_hosts(name, block.known_hosts)
+        self._known_hosts = host_keys.parse(block.known_hosts, name=name)
         self._lock = threading.Lock()
         self._ssh: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
@@ -320,10 +318,8 @@ class SftpTransport(Transport):
             self._ssh.close()
         self._ssh = self._sftp = None
         ssh = paramiko.SSHClient()
-        ssh.set_missing_host_key_policy(_RefuseUnknownHost())
-        for hostname, key in self._trusted:
-            ssh.get_host_keys().add(hostname, key.get_name(), key)
-        block, host = self._block, _known_hosts_name(self._block)
+        self._known_hosts.install(ssh)
+        block, host = self._block, host_keys.known_hosts_name(self._block)
         try:
             ssh.connect(
                 block.host,
@@ -339,17 +335,19 @@ class SftpTransport(Transport):
                 channel_timeout=CONNECT_TIMEOUT,
                 transport_factory=_fast_cipher_transport,
             )
-        except _UnknownHostKeyError as e:
+        except host_keys.UnknownHostKeyError as e:
             ssh.close()
+            offered = host_keys.fingerprint(e.key)
             raise DestinationError(
-                f"{self._name}: the host key of {host} ({_fingerprint(e.key)}) is not in knownHosts; if this is the "
+                f"{self._name}: the host key of {host} ({offered}) is not in knownHosts; if this is the "
                 f"right server, add its key line (ssh-keyscan -p {block.port} {block.host}) to spec.sftp.knownHosts"
             ) from None
         except paramiko.BadHostKeyException as e:
             ssh.close()
+            offered, expected = host_keys.fingerprint(e.key), host_keys.fingerprint(e.expected_key)
             raise DestinationError(
-                f"{self._name}: the host key of {host} ({_fingerprint(e.key)}) does not match knownHosts "
-                f"({_fingerprint(e.expected_key)}): the server's key changed, or something else answers there; "
+                f"{self._name}: the host key of {host} ({offered}) does not match knownHosts "
+                f"({expected}): the server's key changed, or something else answers there; "
                 "update spec.sftp.knownHosts only if you know the change is genuine"
             ) from None
         except paramiko.BadAuthenticationType as e:
@@ -369,7 +367,7 @@ class SftpTransport(Transport):
             raise
         ssh_transport = ssh.get_transport()
         assert ssh_transport is not None
-        if ssh_transport.get_remote_server_key().get_base64() in self._revoked:
+        if self._known_hosts.is_revoked(ssh_transport.get_remote_server_key()):
             ssh.close()
             raise DestinationError(f"{self._name}: the host key of {host} is marked @revoked in knownHosts")
         try:
@@ -418,99 +416,6 @@ class _PipelinedWriter:
             raise self._fail(e) from None
 
 
-class _UnknownHostKeyError(paramiko.SSHException):
-    def __init__(self, key: paramiko.PKey) -> None:
-        super().__init__("unknown host key")
-        self.key = key
-
-
-class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
-    """paramiko's RejectPolicy, carrying the offered key so the message can show its fingerprint."""
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        raise _UnknownHostKeyError(key)
-
-
-def _parse_known_hosts(name: str, text: str) -> tuple[list[tuple[str, paramiko.PKey]], set[str]]:
-    """Trusted (host pattern, key) pairs and revoked keys from known_hosts text; hashed names work as in OpenSSH.
-
-    ``@cert-authority`` lines trust nothing here (paramiko does not check host certificates).
-    """
-    trusted: list[tuple[str, paramiko.PKey]] = []
-    revoked: set[str] = set()
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        marker, rest = line.split(None, 1) if line.startswith("@") else ("", line)
-        try:
-            entry = paramiko.hostkeys.HostKeyEntry.from_line(rest, lineno=number)
-        except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError):
-            raise DestinationError(f"{name}: knownHosts line {number} is not a valid known_hosts line") from None
-        if entry is None:
-            continue  # a key type paramiko cannot use
-        if marker == "@revoked":
-            revoked.add(entry.key.get_base64())
-        elif not marker:
-            trusted += [(hostname, entry.key) for hostname in entry.hostnames]
-    if not trusted:
-        raise DestinationError(
-            f"{name}: knownHosts has no usable host key line; expected ssh-keyscan output such as "
-            "'sftp.example.com ssh-ed25519 AAAA...' (or '[host]:port ...' for a port other than 22)"
-        )
-    return trusted, revoked
-
-
-def _load_private_key(name: str, credentials: Mapping[str, str]) -> paramiko.PKey:
-    """Any key type paramiko loads, from text: like ``paramiko.PKey.from_path``, which only reads files.
-
-    The cryptography library tells the key type and whether the passphrase is right (paramiko's own errors do
-    not); no exception text is kept, since it could quote the key.
-    """
-    text = credentials["privateKey"].strip() + "\n"
-    passphrase = credentials.get("passphrase") or None
-    secret = passphrase.encode() if passphrase else None
-    loader = (
-        serialization.load_ssh_private_key
-        if text.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
-        else serialization.load_pem_private_key
-    )
-    problem: str | None = None
-    try:
-        try:
-            loaded = loader(text.encode(), password=secret)
-        except TypeError:
-            if secret is None:
-                raise
-            passphrase = None  # a passphrase for an unencrypted key is harmless: ignore it
-            loaded = loader(text.encode(), password=None)
-    except TypeError:
-        problem = "privateKey is encrypted but the Secret has no passphrase"
-    except ValueError:
-        problem = (
-            "privateKey could not be decrypted: the passphrase is wrong, or the key is damaged"
-            if secret is not None
-            else "privateKey is not a private key paramiko can read (OpenSSH or PEM format expected)"
-        )
-    except Exception:
-        problem = "privateKey is not a private key paramiko can read (OpenSSH or PEM format expected)"
-    if problem is not None:
-        raise DestinationError(f"{name}: {problem}") from None
-    key_class: type[paramiko.PKey]
-    if isinstance(loaded, rsa.RSAPrivateKey):
-        key_class = paramiko.RSAKey
-    elif isinstance(loaded, ed25519.Ed25519PrivateKey):
-        key_class = paramiko.Ed25519Key
-    elif isinstance(loaded, ec.EllipticCurvePrivateKey):
-        key_class = paramiko.ECDSAKey
-    else:
-        raise DestinationError(f"{name}: privateKey is of a type paramiko cannot use ({type(loaded).__name__})")
-    try:
-        return key_class.from_private_key(io.StringIO(text), password=passphrase)
-    except Exception:
-        raise DestinationError(f"{name}: privateKey could not be loaded by paramiko") from None
-
-
 def _fast_cipher_transport(
     sock: Any,
     /,
@@ -532,15 +437,6 @@ def _set_timeout(sftp: paramiko.SFTPClient) -> None:
     channel = sftp.get_channel()
     if channel is not None:
         channel.settimeout(IO_TIMEOUT)
-
-
-def _known_hosts_name(block: api.Sftp) -> str:
-    """The name a known_hosts line must carry for this server (OpenSSH adds the port when it is not 22)."""
-    return block.host if block.port == 22 else f"[{block.host}]:{block.port}"
-
-
-def _fingerprint(key: paramiko.PKey) -> str:
-    return f"{key.get_name()} {key.fingerprint}"
 
 
 def _reason(e: BaseException) -> str:
