@@ -19,6 +19,7 @@ class DsexportError(Exception):
     """Base of every error the engine reports as a failed result rather than a traceback."""
 
     transient_by_default: ClassVar[bool] = False
+    reason: ClassVar[str] = "ExportFailed"  # one CamelCase word, as a Kubernetes condition's reason
 
     def __init__(self, message: str, *, transient: bool | None = None) -> None:
         super().__init__(message)
@@ -37,9 +38,13 @@ class DsexportError(Exception):
 class ConfigError(DsexportError):
     """The resources as written cannot work: an invalid document, a missing reference, a column not in the data."""
 
+    reason = "InvalidSpec"
+
 
 class SourceError(DsexportError):
     """The dataset's files cannot be listed or read; the message names the source URI (or file), never credentials."""
+
+    reason = "SourceFailed"
 
 
 class DestinationError(DsexportError):
@@ -48,15 +53,23 @@ class DestinationError(DsexportError):
     Permanent unless the raiser says otherwise: a store that stopped answering is raised with ``transient=True``.
     """
 
+    reason = "DestinationFailed"
+
 
 class AlreadyExistsError(DestinationError):
     """A create-only write found the key already there: another writer committed first."""
+
+    reason = "AlreadyCommitted"
 
 
 class SchemaError(DsexportError):
     """The data holds a type or a value the output format cannot represent; the message names the column."""
 
+    reason = "UnsupportedData"
+
 
 class StateError(DsexportError):
     """What the destination holds cannot be trusted (a malformed, truncated or foreign ``_manifest.json``) or
     forbids this export (another DatasetExport's folder, a commit behind the latest); a person must look."""
+
+    reason = "DestinationStateRefused"

@@ -15,7 +15,7 @@ from tests.helpers import flow_yaml, read_committed_ids, source_ids
 
 from dsexport.api import loader
 from dsexport.cli import local
-from dsexport.engine.exporter import Outcome
+from dsexport.engine import Outcome
 
 T0 = dt.datetime(2026, 12, 1, 0, 0, tzinfo=dt.UTC)
 

@@ -107,7 +107,7 @@ def test_schedule_prints_cron_and_next_times() -> None:
         "json",
     )
     assert code == 0
-    rows = {r["export"]: r for r in json.loads(out)}
+    rows = {r["datasetExport"]: r for r in json.loads(out)}
     assert rows["marketing-daily"]["cron"] == "30 9 * * *"
     assert rows["marketing-daily"]["next"] == ["2026-12-01T09:30:00Z", "2026-12-02T09:30:00Z"]
     assert rows["partner-feed"]["cron"] == "0 3,9,15,21 * * *"

@@ -16,7 +16,8 @@ from tests.helpers import START, committed, flow_yaml, read_committed_ids, sourc
 
 from dsexport.api import loader
 from dsexport.cli import local
-from dsexport.engine.exporter import DatasetResult, Outcome, run_id
+from dsexport.engine import DatasetResult, Outcome
+from dsexport.engine.exporter import run_id
 
 T0 = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)  # slot 2026-12-01 00:00 (hourly, every 3 h)
 

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dsexport.engine import jsonenc
+from dsexport.errors import SchemaError
 from dsexport.engine.jsonenc import NdjsonWriter, encode_batch, json_schema
 
 UNITS = ["s", "ms", "us", "ns"]
@@ -122,7 +123,7 @@ def test_timestamp_range_limits(unit: str) -> None:
     got = column_values(pa.array([first, last], pa.timestamp(unit)))
     assert got == [f"0000-01-01T00:00:00{frac_zero}Z", f"9999-12-31T23:59:59{frac_nine}Z"]
     for bad in (first - 1, last + 1):
-        with pytest.raises(ValueError, match="outside the JSON-encodable range"):
+        with pytest.raises(SchemaError, match="outside the JSON-encodable range"):
             encode_batch(pa.record_batch([pa.array([0, bad], pa.timestamp(unit))], names=["c"]))
 
 
@@ -137,9 +138,9 @@ def test_dates() -> None:
 
 
 def test_date_out_of_range_or_not_whole_day_raises() -> None:
-    with pytest.raises(ValueError, match="outside the JSON-encodable range"):
+    with pytest.raises(SchemaError, match="outside the JSON-encodable range"):
         encode_batch(pa.record_batch([pa.array([2_932_897], pa.date32())], names=["c"]))
-    with pytest.raises(ValueError, match="whole number of days"):
+    with pytest.raises(SchemaError, match="whole number of days"):
         encode_batch(pa.record_batch([pa.array([86_400_000 + 1], pa.date64())], names=["c"]))
 
 
@@ -158,7 +159,7 @@ def test_times(arrow_type: pa.DataType, expected: str, midnight: str) -> None:
 
 
 def test_time_outside_one_day_raises() -> None:
-    with pytest.raises(ValueError, match="outside the JSON-encodable range"):
+    with pytest.raises(SchemaError, match="outside the JSON-encodable range"):
         encode_batch(pa.record_batch([pa.array([86_400], pa.time32("s"))], names=["c"]))
 
 
@@ -451,11 +452,12 @@ def test_json_schema_matches_encoded_batches() -> None:
     assert out.field("dict").type == pa.string()
 
 
-def test_unsupported_types_raise_type_error() -> None:
+def test_unsupported_types_raise_a_schema_error_naming_the_column() -> None:
     union = pa.union([pa.field("a", pa.int32())], mode="dense")
-    with pytest.raises(TypeError, match="no JSON encoding"):
-        json_schema(pa.schema([("u", union)]))
-    with pytest.raises(TypeError, match="no JSON encoding"):
+    with pytest.raises(SchemaError, match=r"column 'u' has Arrow type dense_union.*no JSON encoding") as raised:
+        json_schema(pa.schema([("ok", pa.int64()), ("u", union)]))
+    assert raised.value.permanent
+    with pytest.raises(SchemaError, match=r"column 's' has Arrow type struct<i: month_day_nano_interval>"):
         json_schema(pa.schema([("s", pa.struct([("i", pa.month_day_nano_interval())]))]))
 
 
@@ -511,10 +513,10 @@ def test_batch_without_columns_writes_empty_objects() -> None:
 
 def test_duplicate_names_are_rejected() -> None:
     dup_columns = pa.record_batch([pa.array([1]), pa.array([2])], names=["a", "a"])
-    with pytest.raises(ValueError, match="duplicate field name 'a'"):
+    with pytest.raises(SchemaError, match="duplicate field name 'a'"):
         ndjson_bytes(dup_columns)
     dup_fields = pa.StructArray.from_arrays([pa.array([1]), pa.array([2])], names=["x", "x"])
-    with pytest.raises(ValueError, match="duplicate field name 'x'"):
+    with pytest.raises(SchemaError, match="duplicate field name 'x'"):
         ndjson_bytes(pa.record_batch([dup_fields], names=["s"]))
 
 
@@ -700,5 +702,5 @@ def test_large_batches_are_encoded_column_parallel_with_the_same_result() -> Non
         assert encoded.column(name).equals(encode_array(batch.column(name)))
     # an error in a column converted on a worker thread reaches the caller
     bad = batch.set_column(2, "b", pa.array([*range(n - 1), 3_000_000], pa.date32()))
-    with pytest.raises(ValueError, match=r"^b: date32 value 3000000"):
+    with pytest.raises(SchemaError, match=r"^b: date32 value 3000000"):
         encode_batch(bad)

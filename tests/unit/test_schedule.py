@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsexport.api import Schedule
+from dsexport.errors import ConfigError
 from dsexport.engine.schedule import (
     CronSchedule,
     NoSlotError,
@@ -257,9 +258,10 @@ def test_export_slot_before_the_first_slot_names_it() -> None:
         export_slot(schedule, utc(2026, 11, 30, 10, 0))
     assert str(raised.value) == (
         "no export slot at or before 2026-11-30T10:00Z: the schedule's first slot is 2026-12-01T09:30Z; "
-        "pass --at on or after it"
+        "exports start there"
     )
-    assert isinstance(raised.value, ValueError)
+    assert isinstance(raised.value, ConfigError)
+    assert raised.value.permanent
     with pytest.raises(NoSlotError, match="first slot is 2026-12-01T09:30Z"):
         export_slot(schedule, utc(2026, 12, 1, 9, 29, 59))
 

@@ -13,9 +13,10 @@ import yaml
 from pydantic import ValidationError
 
 from dsexport import api
+from dsexport.errors import ConfigError
 
 
-class ManifestError(ValueError):
+class ManifestError(ConfigError):
     """One or more documents are invalid; the message lists every problem with its field path."""
 
 
@@ -25,7 +26,7 @@ class Bundle:
 
     datasets: dict[str, api.Dataset] = field(default_factory=dict)
     destinations: dict[str, api.Destination] = field(default_factory=dict)
-    exports: dict[str, api.DatasetExport] = field(default_factory=dict)
+    dataset_exports: dict[str, api.DatasetExport] = field(default_factory=dict)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def secret(self, ref: api.ObjectRef | None) -> dict[str, str]:
@@ -92,7 +93,7 @@ def parse_documents(docs: Iterable[tuple[str, Any]]) -> Bundle:
         targets: dict[str, dict[str, Any]] = {
             "Dataset": bundle.datasets,
             "Destination": bundle.destinations,
-            "DatasetExport": bundle.exports,
+            "DatasetExport": bundle.dataset_exports,
         }
         target = targets[obj.kind_name]
         if obj.metadata.name in target:
@@ -106,7 +107,7 @@ def parse_documents(docs: Iterable[tuple[str, Any]]) -> Bundle:
 
 def _reference_problems(bundle: Bundle) -> list[str]:
     problems = []
-    for name, export in bundle.exports.items():
+    for name, export in bundle.dataset_exports.items():
         where = f"DatasetExport/{name}"
         if export.spec.destination_ref.name not in bundle.destinations:
             problems.append(

@@ -9,14 +9,12 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from dsexport import logs
 from dsexport.api import loader
-from dsexport.cli import local
-from dsexport.engine import check as health
-from dsexport.engine import schedule
-from dsexport.engine.exporter import DatasetResult, ExportRequest, Outcome
+from dsexport.cli import local, render
+from dsexport.engine import Outcome, RunResult, check_destination, schedule
+from dsexport.engine.schedule import NoSlotError
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -54,12 +52,14 @@ def _load(files: Sequence[str]) -> loader.Bundle:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dsexport")
-def main() -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Log each export phase to stderr (DSEXPORT_LOG_FORMAT=json: JSON).")
+def main(verbose: bool) -> None:
     """Export datasets to cloud storage, exactly once, on a schedule.
 
     Locally, `dsexport run -f flow.yaml` runs the DatasetExports in the files once; in a cluster the operator
     runs the same code from a CronJob.
     """
+    logs.configure(verbose=verbose)
 
 
 @main.command()
@@ -73,102 +73,29 @@ def run(files: tuple[str, ...], exports: tuple[str, ...], at: str | None, resets
     bundle = _load(files)
     when = _parse_at(at)
     try:
-        plan = local.requests(bundle, exports=exports, at=when, resets=resets)
+        plan = local.requests(bundle, dataset_exports=exports, at=when, resets=resets)
     except loader.ManifestError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(EXIT_INVALID) from None
     console = Console(stderr=True)
     if output == "text" and console.is_terminal:
-        results = _run_with_progress(bundle, plan, console)
+        results = render.run_with_progress(bundle, plan, console)
     else:
         results = local.run(bundle, plan)
+    report = RunResult(at=when, results=results)
     if output == "json":
-        ok = all(r.outcome != Outcome.failed for r in results)
-        click.echo(json.dumps({"ok": ok, "at": when.isoformat(), "results": [r.as_json() for r in results]}, indent=2))
+        click.echo(json.dumps(report.to_json_dict(), indent=2))
     else:
         out = Console()
         if not out.is_terminal:
             out = Console(width=160)  # a pipe or a log: do not squeeze the table into 80 columns
-        out.print(_summary(results))
+        out.print(render.summary(results))
         for r in results:
             if r.outcome == Outcome.failed:
-                click.echo(f"error: {r.flow}/{r.dataset}: {r.message}", err=True)
-    if any(r.outcome == Outcome.failed for r in results):
+                hint = "; pass --at on or after it" if r.reason == NoSlotError.reason else ""
+                click.echo(f"error: {r.dataset_export}/{r.dataset}: {r.message}{hint}", err=True)
+    if not report.ok:
         raise SystemExit(EXIT_FAILED)
-
-
-def _run_with_progress(bundle: loader.Bundle, plan: list[ExportRequest], console: Console) -> list[DatasetResult]:
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,} rows"),
-    )
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
-        task = progress.add_task("starting", total=None)
-
-        def on_start(request: ExportRequest) -> None:
-            progress.update(task, description=f"{request.flow}/{request.dataset.metadata.name}", completed=0)
-
-        return local.run(bundle, plan, on_start=on_start, on_records=lambda n: progress.advance(task, n))
-
-
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-_STYLE = {
-    Outcome.exported: "green",
-    Outcome.failed: "bold red",
-    Outcome.no_new_data: "cyan",
-    Outcome.already_committed: "cyan",
-    Outcome.suspended: "yellow",
-}
-
-
-def _summary(results: list[DatasetResult]) -> Table:
-    table = Table(title="dsexport run", title_justify="left")
-    for col, justify in [
-        ("Export", "left"),
-        ("Dataset", "left"),
-        ("Outcome", "left"),
-        ("exportTime", "left"),
-        ("Records", "right"),
-        ("Files", "right"),
-        ("Bytes", "right"),
-        ("Watermark", "left"),
-        ("Note", "left"),
-    ]:
-        table.add_column(col, justify=justify, no_wrap=col != "Note")  # type: ignore[arg-type]
-    for r in results:
-        wm = r.watermark.get("to") if r.watermark else None
-        table.add_row(
-            r.flow,
-            r.dataset,
-            f"[{_STYLE[r.outcome]}]{r.outcome.value}[/]",
-            r.export_time or "-",
-            f"{r.records:,}",
-            str(r.files),
-            _human_bytes(r.bytes),
-            _short(wm),
-            r.message if r.outcome != Outcome.failed else "see below",
-        )
-    return table
-
-
-def _short(value: object) -> str:
-    """Watermarks to the second: nanoseconds matter to the state, not to a reader of the summary."""
-    if value is None:
-        return "-"
-    text = str(value)
-    if len(text) > 20 and text[4] == "-" and text[10] == "T":
-        return text[:19] + "Z"
-    return text
 
 
 @main.command()
@@ -177,7 +104,7 @@ def validate(files: tuple[str, ...]) -> None:
     """Check FILES against the same rules as the CRDs (and their references); exit 2 on any problem."""
     bundle = _load(files)
     counts = f"{len(bundle.datasets)} Dataset(s), {len(bundle.destinations)} Destination(s), "
-    click.echo(f"ok: {counts}{len(bundle.exports)} DatasetExport(s)")
+    click.echo(f"ok: {counts}{len(bundle.dataset_exports)} DatasetExport(s)")
 
 
 @main.command()
@@ -197,7 +124,7 @@ def check(files: tuple[str, ...], name: str, output: str) -> None:
     except loader.ManifestError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(EXIT_INVALID) from None
-    report = health.check_destination(destination, credentials)
+    report = check_destination(destination, credentials)
     if output == "json":
         click.echo(json.dumps(report.as_json(), indent=2))
     else:
@@ -220,14 +147,14 @@ def schedule_cmd(files: tuple[str, ...], count: int, after: str | None, output: 
     bundle = _load(files)
     when = _parse_at(after)
     rows: list[dict[str, Any]] = []
-    for name, flow in sorted(bundle.exports.items()):
-        for entry in flow.spec.datasets:
-            sched = entry.schedule or flow.spec.schedule
+    for name, dataset_export in sorted(bundle.dataset_exports.items()):
+        for entry in dataset_export.spec.datasets:
+            sched = entry.schedule or dataset_export.spec.schedule
             cron = schedule.cron_schedule(sched)
             upcoming = schedule.next_slots(sched, after=when, count=count)
             rows.append(
                 {
-                    "export": name,
+                    "datasetExport": name,
                     "dataset": entry.name,
                     "cron": cron.expression,
                     "timeZone": cron.time_zone,
@@ -238,6 +165,6 @@ def schedule_cmd(files: tuple[str, ...], count: int, after: str | None, output: 
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        click.echo(f"{row['export']}/{row['dataset']}: cron {row['cron']!r} ({row['timeZone']})")
+        click.echo(f"{row['datasetExport']}/{row['dataset']}: cron {row['cron']!r} ({row['timeZone']})")
         for t in row["next"] or ["(no more exports: the schedule has ended)"]:
             click.echo(f"  {t}")

@@ -5,33 +5,33 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 
-from dsexport import api
 from dsexport.api.loader import Bundle, ManifestError
-from dsexport.destinations import DestinationError, open_transport
-from dsexport.engine.exporter import DatasetResult, ExportRequest, Outcome, export_dataset
+from dsexport.destinations import open_transport
+from dsexport.engine import DatasetResult, ExportRequest, Outcome, export_dataset
+from dsexport.errors import DsexportError
 
 
 def requests(
-    bundle: Bundle, *, exports: Iterable[str] = (), at: dt.datetime, resets: Iterable[str] = ()
+    bundle: Bundle, *, dataset_exports: Iterable[str] = (), at: dt.datetime, resets: Iterable[str] = ()
 ) -> list[ExportRequest]:
-    """One request per (DatasetExport, dataset entry); an entry's own schedule overrides the flow's."""
-    names = list(exports) or sorted(bundle.exports)
-    unknown = [n for n in names if n not in bundle.exports]
+    """One request per (DatasetExport, dataset entry); an entry's own schedule overrides the DatasetExport's."""
+    names = list(dataset_exports) or sorted(bundle.dataset_exports)
+    unknown = [n for n in names if n not in bundle.dataset_exports]
     if unknown:
         raise ManifestError(f"DatasetExport {', '.join(map(repr, unknown))} not found in the given files")
     reset = set(resets)
     out = []
     for name in names:
-        flow = bundle.exports[name]
-        for entry in flow.spec.datasets:
+        dataset_export = bundle.dataset_exports[name]
+        for entry in dataset_export.spec.datasets:
             dataset = bundle.datasets[entry.name]
             out.append(
                 ExportRequest(
-                    flow=name,
+                    dataset_export=name,
                     dataset=dataset,
-                    destination=bundle.destinations[flow.spec.destination_ref.name],
-                    mode=flow.spec.mode,
-                    schedule=entry.schedule or flow.spec.schedule,
+                    destination=bundle.destinations[dataset_export.spec.destination_ref.name],
+                    mode=dataset_export.spec.mode,
+                    schedule=entry.schedule or dataset_export.spec.schedule,
                     at=at,
                     reset=entry.name in reset,
                     source_credentials=bundle.secret(dataset.spec.source.credentials_secret_ref),
@@ -49,17 +49,16 @@ def run(
 ) -> list[DatasetResult]:
     results = []
     for request in plan:
-        flow = bundle.exports[request.flow]
         if on_start is not None:
             on_start(request)
-        if flow.spec.suspend:
-            results.append(_skipped(request, Outcome.suspended, "spec.suspend is true"))
+        if bundle.dataset_exports[request.dataset_export].spec.suspend:
+            results.append(_not_run(request, Outcome.suspended, "spec.suspend is true"))
             continue
-        destination: api.Destination = request.destination
+        destination = request.destination
         try:
             transport = open_transport(destination, bundle.secret(destination.spec.credentials_secret_ref))
-        except DestinationError as e:
-            results.append(_skipped(request, Outcome.failed, str(e)))
+        except DsexportError as e:
+            results.append(_not_run(request, Outcome.failed, str(e), error=e))
             continue
         try:
             results.append(export_dataset(request, transport, on_records=on_records))
@@ -68,11 +67,15 @@ def run(
     return results
 
 
-def _skipped(request: ExportRequest, outcome: Outcome, message: str) -> DatasetResult:
+def _not_run(
+    request: ExportRequest, outcome: Outcome, message: str, *, error: DsexportError | None = None
+) -> DatasetResult:
     return DatasetResult(
-        flow=request.flow,
+        dataset_export=request.dataset_export,
         dataset=request.dataset.metadata.name,
         dataset_id=request.dataset.dataset_id,
         outcome=outcome,
         message=message,
+        reason=error.reason if error else None,
+        transient=error.transient if error else None,
     )

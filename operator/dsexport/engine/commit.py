@@ -7,28 +7,23 @@ it). A folder without a manifest is never committed; its files are leftovers of 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from dsexport.destinations import Transport, join
+from dsexport.engine import manifest as manifests
+from dsexport.engine.manifest import Manifest
+from dsexport.errors import StateError
 
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 SLOT_PREFIX = "exportTime="
-MANIFEST_VERSION = 1
-
-
-class CommitError(RuntimeError):
-    """The destination's state forbids this export (it would lose or duplicate rows); the message says why."""
 
 
 @dataclass(frozen=True)
 class DatasetState:
     """What the destination says about one dataset, recovered from it alone."""
 
-    latest: Mapping[str, Any] | None  # the latest committed manifest, None before the first export
+    latest: Manifest | None  # the latest committed manifest, None before the first export
     latest_slot: str | None
     uncommitted: tuple[str, ...]  # slot folders newer than the latest commit that hold no manifest
 
@@ -41,11 +36,12 @@ def slot_folder(folder: str, dataset_id: str, export_time: str) -> str:
     return join(folder, dataset_id, SLOT_PREFIX + export_time)
 
 
-def read_state(transport: Transport, prefix: str) -> DatasetState:
+def read_state(transport: Transport, prefix: str, *, dataset_id: str) -> DatasetState:
     """Find the latest committed export by walking slot folders from the newest.
 
     Slot folders sort by name as by time. Commits only move forward in time (``check_order``), so the newest
-    folder that holds a manifest carries the current watermark; usually that is the first folder looked at.
+    folder that holds a manifest carries the current watermark; usually that is the first folder looked at. The
+    manifest is validated (see ``manifest.parse``) before anything in it is used.
     """
     slots = sorted(
         (name.removeprefix(SLOT_PREFIX) for name in transport.list_prefixes(prefix) if name.startswith(SLOT_PREFIX)),
@@ -53,9 +49,12 @@ def read_state(transport: Transport, prefix: str) -> DatasetState:
     )
     uncommitted: list[str] = []
     for slot in slots:
-        raw = transport.get(join(prefix, SLOT_PREFIX + slot, MANIFEST))
+        key = join(prefix, SLOT_PREFIX + slot, MANIFEST)
+        raw = transport.get(key)
         if raw is not None:
-            return DatasetState(json.loads(raw), slot, tuple(uncommitted))
+            where = f"{transport.describe()}/{key}"
+            latest = manifests.parse(raw, path=where, dataset_id=dataset_id, export_time=slot)
+            return DatasetState(latest, slot, tuple(uncommitted))
         uncommitted.append(slot)
     return DatasetState(None, None, tuple(uncommitted))
 
@@ -79,26 +78,25 @@ def finish_committed(transport: Transport, folder: str) -> None:
         transport.put(join(folder, SUCCESS), b"")
 
 
-def commit(transport: Transport, folder: str, manifest: Mapping[str, Any]) -> None:
+def commit(transport: Transport, folder: str, manifest: Manifest) -> None:
     """Write the manifest (create-only: a concurrent writer that committed first wins), then ``_SUCCESS``."""
-    body = json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n"
-    transport.put(join(folder, MANIFEST), body, create_only=True)
+    transport.put(join(folder, MANIFEST), manifest.to_bytes(), create_only=True)
     transport.put(join(folder, SUCCESS), b"")
 
 
 def check_order(state: DatasetState, export_time: str, *, where: str) -> None:
     """Refuse to commit behind the latest commit: recovery reads the newest folder as the watermark."""
     if state.latest_slot is not None and export_time < state.latest_slot:
-        raise CommitError(
+        raise StateError(
             f"{where}: exportTime {export_time} is before the latest committed export {state.latest_slot}; "
-            "exports of a dataset move forward in time. Pick a later --at, or reset the dataset to start over."
+            "exports of a dataset move forward in time: run at a later time, or reset the dataset to start over"
         )
 
 
-def check_owner(state: DatasetState, flow: str, *, where: str) -> None:
+def check_owner(state: DatasetState, dataset_export: str, *, where: str) -> None:
     """Two DatasetExports writing one folder would share (and corrupt) one watermark."""
-    if state.latest is not None and state.latest.get("flow") not in (None, flow):
-        raise CommitError(
-            f"{where}: the folder is already used by DatasetExport {state.latest.get('flow')!r}; "
+    if state.latest is not None and state.latest.dataset_export != dataset_export:
+        raise StateError(
+            f"{where}: the folder is already used by DatasetExport {state.latest.dataset_export!r}; "
             "give this export another folder or datasetId"
         )

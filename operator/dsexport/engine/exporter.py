@@ -1,9 +1,12 @@
-"""One export of one dataset: recover the watermark, select what is new, write parts, commit.
+"""One export of one dataset, in four phases: recover the watermark, select what is new, write parts, commit.
 
 Exactly-once rests on three facts: the watermark is read from the latest committed manifest only; a slot's
-part names are a function of (flow, dataset, exportTime, index), and leftovers of an uncommitted slot are
-deleted before writing; the manifest is written last and create-only. A run killed anywhere therefore either
+part names are a function of (DatasetExport, dataset, exportTime, index), and leftovers of an uncommitted slot
+are deleted before writing; the manifest is written last and create-only. A run killed anywhere therefore either
 committed everything or left nothing that a retry will not remove.
+
+A phase that finds nothing more to do (the slot is already committed, nothing is new) ends the export with a
+:class:`Finished`, which is an outcome, not an error.
 """
 
 from __future__ import annotations
@@ -11,71 +14,42 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
 
 import pyarrow as pa
 
 from dsexport import api
 from dsexport.destinations import Transport
-from dsexport.engine import commit, jsonenc, schedule, watermark
+from dsexport.engine import commit, jsonenc, schedule, watermark, writers
+from dsexport.engine.manifest import (
+    ColumnState,
+    FileFormat,
+    FilesState,
+    Manifest,
+    ManifestSchema,
+    PartEntry,
+    SchemaField,
+    WatermarkRange,
+)
 from dsexport.engine.prefetch import prefetch
-from dsexport.engine.sources import Source
+from dsexport.engine.result import DatasetResult, Outcome
+from dsexport.engine.sources import Source, SourceFile
 from dsexport.engine.writers import PartFile, write_parts
+from dsexport.errors import ConfigError, DsexportError
 
 PREFETCH_BATCHES = 1
 
-
-class Outcome(StrEnum):
-    exported = "exported"
-    no_new_data = "no-new-data"
-    already_committed = "already-committed"
-    failed = "failed"
-    suspended = "suspended"
-
-
-@dataclass(frozen=True)
-class DatasetResult:
-    """What one dataset's export did, for the CLI summary and, later, the operator's status."""
-
-    flow: str
-    dataset: str
-    dataset_id: str
-    outcome: Outcome
-    export_time: str | None = None
-    folder: str | None = None
-    records: int = 0
-    bytes: int = 0
-    files: int = 0
-    watermark: Mapping[str, Any] | None = None
-    message: str = ""
-    seconds: float = 0.0
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "flow": self.flow,
-            "dataset": self.dataset,
-            "datasetId": self.dataset_id,
-            "outcome": self.outcome.value,
-            "exportTime": self.export_time,
-            "folder": self.folder,
-            "records": self.records,
-            "bytes": self.bytes,
-            "files": self.files,
-            "watermark": self.watermark,
-            "message": self.message,
-            "seconds": round(self.seconds, 3),
-        }
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ExportRequest:
     """Everything one dataset export needs; built from a DatasetExport in local mode or by the operator."""
 
-    flow: str
+    dataset_export: str  # the DatasetExport's name: it owns the dataset's folder at the destination
     dataset: api.Dataset
     destination: api.Destination
     mode: api.Mode
@@ -85,9 +59,68 @@ class ExportRequest:
     source_credentials: Mapping[str, str] = field(default_factory=dict)
 
 
-def run_id(flow: str, dataset_id: str, export_time: str) -> str:
+class Finished(Exception):  # noqa: N818 - an outcome, raised only to leave the phases early
+    """The export ends here without a commit: already committed, or nothing new."""
+
+    def __init__(self, outcome: Outcome, message: str, watermark: WatermarkRange | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+        self.watermark = watermark
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where this run's export goes: its exportTime and folders."""
+
+    export_time: str
+    prefix: str  # FOLDER/DATASET_ID
+    folder: str  # FOLDER/DATASET_ID/exportTime=...
+    where: str  # for messages: the destination and the prefix
+
+    @classmethod
+    def of(cls, request: ExportRequest, transport: Transport) -> Slot:
+        export_time = schedule.export_time_folder(schedule.export_slot(request.schedule, request.at))
+        folder, dataset_id = request.destination.spec.folder, request.dataset.dataset_id
+        prefix = commit.dataset_prefix(folder, dataset_id)
+        return cls(
+            export_time=export_time,
+            prefix=prefix,
+            folder=commit.slot_folder(folder, dataset_id, export_time),
+            where=f"{transport.describe()}/{prefix}",
+        )
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What the destination says before this run writes: the latest commit and the state to continue from."""
+
+    latest: Manifest | None
+    previous_state: FilesState | ColumnState | None  # None: a full export (backfill, reset or mode full)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The source files to read, and for strategy files the state to commit once they are exported."""
+
+    source: Source
+    files: list[SourceFile]
+    files_state: FilesState | None
+    files_range: WatermarkRange | None
+    cursor: watermark.ColumnCursor | None
+
+
+@dataclass(frozen=True)
+class Written:
+    parts: list[PartFile]
+    schema: pa.Schema
+    state: FilesState | ColumnState
+    range: WatermarkRange
+
+
+def run_id(dataset_export: str, dataset_id: str, export_time: str) -> str:
     """Deterministic per slot, so a retry overwrites (never adds to) a killed run's parts."""
-    return hashlib.sha256(f"{flow}\0{dataset_id}\0{export_time}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{dataset_export}\0{dataset_id}\0{export_time}".encode()).hexdigest()[:16]
 
 
 def export_dataset(
@@ -95,114 +128,202 @@ def export_dataset(
 ) -> DatasetResult:
     """Run one export; failures come back as a failed result with an actionable message, never a traceback."""
     started = time.monotonic()
-    dataset = request.dataset
+    names = {
+        "dataset_export": request.dataset_export,
+        "dataset": request.dataset.metadata.name,
+        "dataset_id": request.dataset.dataset_id,
+    }
+    slot: Slot | None = None
     try:
-        result = _export(request, transport, on_records)
-    except (ValueError, OSError, RuntimeError, pa.ArrowException) as e:
-        result = {"outcome": Outcome.failed, "message": str(e)}
+        slot = Slot.of(request, transport)
+        result = _export(request, transport, slot, on_records, started=started)
+    except Finished as done:
+        result = DatasetResult(
+            **names, outcome=done.outcome, message=done.message, watermark=done.watermark, **_slot_fields(slot)
+        )
+    except DsexportError as e:
+        result = DatasetResult(
+            **names,
+            outcome=Outcome.failed,
+            message=str(e),
+            reason=e.reason,
+            transient=e.transient,
+            **_slot_fields(slot),
+        )
+    result = result.model_copy(update={"seconds": time.monotonic() - started})
+    _log_result(result)
+    return result
+
+
+def _slot_fields(slot: Slot | None) -> dict[str, str]:
+    return {"export_time": slot.export_time, "folder": slot.folder} if slot is not None else {}
+
+
+def _export(
+    request: ExportRequest,
+    transport: Transport,
+    slot: Slot,
+    on_records: Callable[[int], None] | None,
+    *,
+    started: float,
+) -> DatasetResult:
+    recovered = recover(request, transport=transport, slot=slot)
+    selection = select(request, recovered)
+    written = write(
+        request, transport=transport, slot=slot, recovered=recovered, selection=selection, on_records=on_records
+    )
+    manifest = build_manifest(request, slot=slot, recovered=recovered, selection=selection, written=written)
+    commit.commit(transport, slot.folder, manifest)
+    _log("commit", request, slot, records=manifest.records, bytes=manifest.bytes, files=len(manifest.files))
     return DatasetResult(
-        flow=request.flow,
-        dataset=dataset.metadata.name,
-        dataset_id=dataset.dataset_id,
+        dataset_export=request.dataset_export,
+        dataset=request.dataset.metadata.name,
+        dataset_id=request.dataset.dataset_id,
+        outcome=Outcome.exported,
+        export_time=slot.export_time,
+        folder=slot.folder,
+        records=manifest.records,
+        bytes=manifest.bytes,
+        files=len(manifest.files),
+        watermark=manifest.watermark,
+        message=_describe(request, backfill=recovered.previous_state is None),
         seconds=time.monotonic() - started,
-        **result,
     )
 
 
-def _export(request: ExportRequest, transport: Transport, on_records: Callable[[int], None] | None) -> dict[str, Any]:
-    dataset, spec = request.dataset, request.destination.spec
-    slot = schedule.export_slot(request.schedule, request.at)
-    export_time = schedule.export_time_folder(slot)
-    prefix = commit.dataset_prefix(spec.folder, dataset.dataset_id)
-    folder = commit.slot_folder(spec.folder, dataset.dataset_id, export_time)
-    where = f"{transport.describe()}/{prefix}"
-    out: dict[str, Any] = {"export_time": export_time, "folder": folder}
-
-    state = commit.read_state(transport, prefix)
-    commit.check_owner(state, request.flow, where=where)
-    if state.latest_slot == export_time or commit.is_committed(transport, folder):
-        commit.finish_committed(transport, folder)
-        wm = state.latest.get("watermark") if state.latest else None
-        msg = f"exportTime {export_time} is already committed; a later slot exports what is new"
-        return out | {"outcome": Outcome.already_committed, "watermark": wm, "message": msg}
-    commit.check_order(state, export_time, where=where)
+def recover(request: ExportRequest, *, transport: Transport, slot: Slot) -> Recovered:
+    """Read the dataset's state from the destination alone, refuse what would lose or duplicate rows, and remove
+    the leftovers of killed runs."""
+    state = commit.read_state(transport, slot.prefix, dataset_id=request.dataset.dataset_id)
+    commit.check_owner(state, request.dataset_export, where=slot.where)
+    if state.latest_slot == slot.export_time or commit.is_committed(transport, slot.folder):
+        commit.finish_committed(transport, slot.folder)
+        _log("recover", request, slot, latest=state.latest_slot, committed=True)
+        raise Finished(
+            Outcome.already_committed,
+            f"exportTime {slot.export_time} is already committed; a later slot exports what is new",
+            state.latest.watermark if state.latest else None,
+        )
+    commit.check_order(state, slot.export_time, where=slot.where)
     for leftover in state.uncommitted:
-        commit.clean_folder(transport, commit.slot_folder(spec.folder, dataset.dataset_id, leftover))
+        commit.clean_folder(
+            transport, commit.slot_folder(request.destination.spec.folder, request.dataset.dataset_id, leftover)
+        )
+    incremental = request.mode == api.Mode.incremental and not request.reset
+    previous = state.latest.state if (incremental and state.latest is not None) else None
+    _log("recover", request, slot, latest=state.latest_slot, leftovers=len(state.uncommitted))
+    return Recovered(latest=state.latest, previous_state=previous)
 
-    previous = None if request.reset or state.latest is None else state.latest
-    incremental = request.mode == api.Mode.incremental and previous is not None
-    prev_state = previous.get("state") if (previous is not None and incremental) else None
 
-    source = Source(dataset.spec.source, request.source_credentials)
+def select(request: ExportRequest, recovered: Recovered) -> Selection:
+    """The files to read: new files since the watermark (strategy files), or every file (strategy column, whose
+    cursor filters rows while reading)."""
+    spec = request.dataset.spec
+    source = Source(spec.source, request.source_credentials)
     listing = source.list_files()
-    inc = dataset.spec.incremental
-    lookback_ns = api.parse_duration_seconds(inc.lookback) * 1_000_000_000
-    cursor: watermark.ColumnCursor | None = None
-    if inc.strategy == api.Strategy.files:
-        selection = watermark.select_files(listing, prev_state, lookback_ns=lookback_ns)
-        files, new_state, wm_range = selection.files, selection.state, selection.range
-        if incremental and not files:
-            return out | {"outcome": Outcome.no_new_data, "watermark": wm_range, "message": "no new files"}
+    previous = recovered.previous_state
+    if spec.incremental.strategy == api.Strategy.files:
+        if isinstance(previous, ColumnState):
+            raise _strategy_changed(previous.strategy, spec.incremental.strategy)
+        lookback_ns = api.parse_duration_seconds(spec.incremental.lookback) * 1_000_000_000
+        chosen = watermark.select_files(listing, previous, lookback_ns=lookback_ns)
+        if previous is not None and not chosen.files:
+            raise Finished(Outcome.no_new_data, "no new files", chosen.range)
+        selection = Selection(source, chosen.files, chosen.state, chosen.range, None)
     else:
-        assert inc.column is not None
-        cursor = watermark.column_cursor(inc.column, prev_state)
-        files, new_state, wm_range = listing, {}, {}
-    if not files:
-        return out | {
-            "outcome": Outcome.no_new_data,
-            "message": f"no source files under {dataset.spec.source.uri}",
-        }
+        if isinstance(previous, FilesState):
+            raise _strategy_changed(previous.strategy, spec.incremental.strategy)
+        assert spec.incremental.column is not None  # the CRD's CEL rule
+        cursor = watermark.column_cursor(spec.incremental.column, previous)
+        selection = Selection(source, listing, None, None, cursor)
+    if not selection.files:
+        raise Finished(Outcome.no_new_data, f"no source files under {spec.source.uri}")
+    return selection
 
-    pads_dataset = source.dataset(files)
-    schema = pads_dataset.schema
+
+def _strategy_changed(committed: str, wanted: str) -> ConfigError:
+    return ConfigError(
+        f"the committed watermark uses strategy {committed}, the Dataset now says {wanted}: "
+        "reset the dataset to start over with the new strategy"
+    )
+
+
+def write(
+    request: ExportRequest,
+    *,
+    transport: Transport,
+    slot: Slot,
+    recovered: Recovered,
+    selection: Selection,
+    on_records: Callable[[int], None] | None,
+) -> Written:
+    """Stream the selected rows into part files; for strategy column, track the cursor's maximum on the way."""
+    dataset = selection.source.dataset(selection.files)
+    schema = dataset.schema
+    cursor = selection.cursor
+    writers.check_schema(schema, request.destination.spec.format)  # before anything is written
     running_max: list[pa.Scalar | None] = [cursor.value if cursor else None]
 
     def batches() -> Iterator[pa.RecordBatch]:
         filter_ = cursor.filter(schema) if cursor is not None else None
-        for batch in prefetch(Source.batches(pads_dataset, filter_), depth=PREFETCH_BATCHES):
+        for batch in prefetch(Source.batches(dataset, filter_), depth=PREFETCH_BATCHES):
             if cursor is not None:
                 running_max[0] = watermark.scan_max(batch, cursor.column, running_max[0])
             yield batch
 
-    rid = run_id(request.flow, dataset.dataset_id, export_time)
-    fmt = spec.format
     parts = write_parts(
-        batches(), schema=schema, fmt=fmt, transport=transport, folder=folder, run_id=rid, on_batch=on_records
-    )
-    if cursor is not None:
-        new_state = watermark.column_state(cursor, running_max[0])
-        wm_range = {
-            "from": str(cursor.value) if cursor.value is not None else None,
-            "to": new_state["display"],
-        }
-        if incremental and not parts:
-            # Nothing above the cursor: committing an empty folder would only add noise at the destination.
-            return out | {"outcome": Outcome.no_new_data, "watermark": wm_range, "message": "no new rows"}
-
-    manifest = _manifest(
-        request=request,
-        export_time=export_time,
-        rid=rid,
-        sequence=int(state.latest.get("sequence", 0)) + 1 if state.latest else 1,
-        backfill=prev_state is None,
-        parts=parts,
+        batches(),
         schema=schema,
-        state=new_state,
-        wm_range=wm_range,
-        source_files=[f.path for f in files] if cursor is None else None,
+        fmt=request.destination.spec.format,
+        transport=transport,
+        folder=slot.folder,
+        run_id=run_id(request.dataset_export, request.dataset.dataset_id, slot.export_time),
+        on_batch=on_records,
     )
-    commit.commit(transport, folder, manifest)
-    return out | {
-        "outcome": Outcome.exported,
-        "records": manifest["records"],
-        "bytes": manifest["bytes"],
-        "files": len(parts),
-        "watermark": manifest["watermark"],
-        "message": _describe(request, prev_state is None),
-    }
+    _log("write", request, slot, files=len(parts), records=sum(p.records for p in parts))
+    if cursor is None:
+        assert selection.files_state is not None and selection.files_range is not None
+        return Written(parts, schema, selection.files_state, selection.files_range)
+    state = watermark.column_state(cursor, running_max[0])
+    wm_range = watermark.column_range(cursor, state)
+    if recovered.previous_state is not None and not parts:
+        # Nothing above the cursor: committing an empty folder would only add noise at the destination.
+        raise Finished(Outcome.no_new_data, "no new rows", wm_range)
+    return Written(parts, schema, state, wm_range)
 
 
-def _describe(request: ExportRequest, backfill: bool) -> str:
+def build_manifest(
+    request: ExportRequest, *, slot: Slot, recovered: Recovered, selection: Selection, written: Written
+) -> Manifest:
+    fmt = request.destination.spec.format
+    file_schema = written.schema if fmt.type == api.OutputFormat.parquet else jsonenc.json_schema(written.schema)
+    latest = recovered.latest
+    return Manifest(
+        dataset_export=request.dataset_export,
+        dataset=request.dataset.metadata.name,
+        dataset_id=request.dataset.dataset_id,
+        export_time=slot.export_time,
+        run_id=run_id(request.dataset_export, request.dataset.dataset_id, slot.export_time),
+        sequence=latest.sequence + 1 if latest else 1,
+        mode=request.mode.value,
+        backfill=recovered.previous_state is None,
+        reset=request.reset,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        format=FileFormat(type=fmt.type.value, compression=fmt.effective_compression),
+        records=sum(p.records for p in written.parts),
+        bytes=sum(p.bytes for p in written.parts),
+        files=[PartEntry(path=p.path, records=p.records, bytes=p.bytes, sha256=p.sha256) for p in written.parts],
+        watermark=written.range,
+        state=written.state,
+        schema=ManifestSchema(
+            fields=[SchemaField(name=f.name, type=str(f.type), nullable=f.nullable) for f in file_schema],
+            arrow=base64.b64encode(file_schema.serialize().to_pybytes()).decode(),
+        ),
+        source_files=[f.path for f in selection.files] if selection.cursor is None else None,
+    )
+
+
+def _describe(request: ExportRequest, *, backfill: bool) -> str:
     if request.mode == api.Mode.full:
         return "full snapshot"
     if request.reset:
@@ -210,44 +331,36 @@ def _describe(request: ExportRequest, backfill: bool) -> str:
     return "full backfill" if backfill else "incremental"
 
 
-def _manifest(
-    *,
-    request: ExportRequest,
-    export_time: str,
-    rid: str,
-    sequence: int,
-    backfill: bool,
-    parts: list[PartFile],
-    schema: pa.Schema,
-    state: Mapping[str, Any],
-    wm_range: Mapping[str, Any],
-    source_files: list[str] | None,
-) -> dict[str, Any]:
-    fmt = request.destination.spec.format
-    file_schema = schema if fmt.type == api.OutputFormat.parquet else jsonenc.json_schema(schema)
-    manifest: dict[str, Any] = {
-        "version": commit.MANIFEST_VERSION,
-        "flow": request.flow,
-        "dataset": request.dataset.metadata.name,
-        "datasetId": request.dataset.dataset_id,
-        "exportTime": export_time,
-        "runId": rid,
-        "sequence": sequence,
-        "mode": request.mode.value,
-        "backfill": backfill,
-        "reset": request.reset,
-        "createdAt": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "format": {"type": fmt.type.value, "compression": fmt.effective_compression},
-        "records": sum(p.records for p in parts),
-        "bytes": sum(p.bytes for p in parts),
-        "files": [{"path": p.path, "records": p.records, "bytes": p.bytes, "sha256": p.sha256} for p in parts],
-        "watermark": {"strategy": request.dataset.spec.incremental.strategy.value, **wm_range},
-        "state": dict(state),
-        "schema": {
-            "fields": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in file_schema],
-            "arrow": base64.b64encode(file_schema.serialize().to_pybytes()).decode(),
+def _log(phase: str, request: ExportRequest, slot: Slot, **counts: object) -> None:
+    """One line per phase; names and counts only, never a credential or a row."""
+    log.info(
+        "%s %s/%s exportTime=%s",
+        phase,
+        request.dataset_export,
+        request.dataset.metadata.name,
+        slot.export_time,
+        extra={
+            "fields": {
+                "phase": phase,
+                "datasetExport": request.dataset_export,
+                "dataset": request.dataset.metadata.name,
+                "exportTime": slot.export_time,
+                **counts,
+            }
         },
-    }
-    if source_files is not None:
-        manifest["sourceFiles"] = source_files
-    return manifest
+    )
+
+
+def _log_result(result: DatasetResult) -> None:
+    level = logging.WARNING if result.outcome == Outcome.failed else logging.INFO
+    fields = result.to_json_dict()
+    fields.pop("watermark", None)
+    log.log(
+        level,
+        "%s %s/%s: %s",
+        result.outcome.value,
+        result.dataset_export,
+        result.dataset,
+        result.message,
+        extra={"fields": {"phase": "result", **fields}},
+    )

@@ -32,8 +32,8 @@ string types, null
 
 Nulls are preserved at every level (null structs, lists, maps, map values, elements).  Temporal values must
 lie in years 0000-9999 (the range RFC 3339 can express) and times within one day; anything else raises
-:class:`ValueError` instead of writing a string no reader could parse.  Unions and intervals are rejected
-with :class:`TypeError`.
+:class:`~dsexport.errors.SchemaError` instead of writing a string no reader could parse.  Unions and intervals
+are rejected with a SchemaError naming the column.
 
 Conversions are vectorized with pyarrow compute kernels and buffer-level array construction; only the
 per-schema planning is Python.  A schema that needs no conversion is detected once (cached) and its batches
@@ -54,6 +54,8 @@ from typing import BinaryIO, Final, cast
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from dsexport.errors import SchemaError
 
 __all__ = ["NdjsonWriter", "encode_batch", "json_schema"]
 
@@ -105,7 +107,7 @@ def _needs(t: pa.DataType) -> bool:
         return any(_needs(t.field(i).type) for i in range(t.num_fields))
     if _is_plain_list(t):
         return _needs(t.value_type)
-    _enc_type(t)  # raises TypeError for types without a JSON encoding
+    _enc_type(t)  # raises SchemaError for types without a JSON encoding
     return True  # floats (NaN -> null) and every type that changes
 
 
@@ -150,7 +152,7 @@ def _enc_type(t: pa.DataType) -> pa.DataType:
         return _STR
     if isinstance(t, pa.BaseExtensionType):
         return _enc_type(t.storage_type)
-    raise TypeError(f"Arrow type {t} has no JSON encoding")
+    raise SchemaError(f"Arrow type {t} has no JSON encoding")
 
 
 def _is_uuid(t: pa.DataType) -> bool:
@@ -190,6 +192,16 @@ class _SchemaKey:
         return isinstance(other, _SchemaKey) and bool(self.schema.equals(other.schema, check_metadata=True))
 
 
+def _column_needs(f: pa.Field) -> bool:
+    try:
+        return _needs(f.type)
+    except SchemaError as e:
+        raise SchemaError(
+            f"column {f.name!r} has Arrow type {f.type}, which JSON cannot represent ({e}); export this dataset as "
+            "Parquet, or leave the column out of the source"
+        ) from None
+
+
 def _plan(schema: pa.Schema) -> tuple[pa.Schema, tuple[bool, ...]] | None:
     """Per schema: the encoded schema and which columns to convert; None when nothing changes."""
     return _plan_for(_SchemaKey(schema))
@@ -198,7 +210,7 @@ def _plan(schema: pa.Schema) -> tuple[pa.Schema, tuple[bool, ...]] | None:
 @functools.lru_cache(maxsize=256)
 def _plan_for(key: _SchemaKey) -> tuple[pa.Schema, tuple[bool, ...]] | None:
     schema = key.schema
-    needs = tuple(_needs(f.type) for f in schema)
+    needs = tuple(_column_needs(f) for f in schema)
     if not any(needs):
         return None
     fields = [_enc_field(f) for f in schema]
@@ -208,7 +220,7 @@ def _plan_for(key: _SchemaKey) -> tuple[pa.Schema, tuple[bool, ...]] | None:
 def json_schema(schema: pa.Schema) -> pa.Schema:
     """The schema of ``encode_batch(batch)`` for any batch with schema ``schema``.
 
-    Raises TypeError if a column has a type without JSON encoding (union, interval).
+    Raises SchemaError naming the column if it has a type without JSON encoding (union, interval).
     """
     plan = _plan(schema)
     return schema if plan is None else plan[0]
@@ -220,8 +232,8 @@ def json_schema(schema: pa.Schema) -> pa.Schema:
 def encode_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     """Convert every column to JSON-representable Arrow types (see the module docstring).
 
-    Returns ``batch`` itself when its schema needs no conversion.  Raises TypeError for types without a
-    JSON encoding and ValueError for temporal values outside the encodable range.  Large batches with
+    Returns ``batch`` itself when its schema needs no conversion.  Raises SchemaError for types without a
+    JSON encoding and for temporal values outside the encodable range.  Large batches with
     several columns to convert are converted column-parallel on a small thread pool (the compute kernels
     release the GIL).
     """
@@ -302,7 +314,7 @@ def _encode(arr: pa.Array, out_type: pa.DataType, path: str) -> pa.Array:
         return _encode_list_view(arr, out_type, path)
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_map(t):
         return _encode_list_or_map(arr, out_type, path)
-    raise TypeError(f"{path}: Arrow type {t} has no JSON encoding")  # unreachable: _needs() validated
+    raise SchemaError(f"{path}: Arrow type {t} has no JSON encoding")  # unreachable: _needs() validated
 
 
 def _validity(arr: pa.Array) -> pa.Buffer | None:
@@ -315,12 +327,12 @@ def _validity(arr: pa.Array) -> pa.Buffer | None:
 
 
 def _check_range(ints: pa.Array, lo: int, end: int, path: str, what: str) -> None:
-    """Raise ValueError unless every non-null value v satisfies lo <= v < end."""
+    """Raise SchemaError unless every non-null value v satisfies lo <= v < end."""
     bounds = pc.min_max(ints)
     vmin, vmax = bounds["min"].as_py(), bounds["max"].as_py()
     if vmin is not None and (vmin < lo or vmax >= end):
         bad = vmin if vmin < lo else vmax
-        raise ValueError(f"{path}: {what} value {bad} ({ints.type} storage) is outside the JSON-encodable range")
+        raise SchemaError(f"{path}: {what} value {bad} ({ints.type} storage) is outside the JSON-encodable range")
 
 
 def _encode_float(arr: pa.Array) -> pa.Array:
@@ -350,7 +362,7 @@ def _encode_date(arr: pa.Array, path: str) -> pa.Array:
         try:
             arr = arr.cast(pa.date32())  # safe cast: rejects date64 values that are not whole days
         except pa.ArrowInvalid as exc:
-            raise ValueError(f"{path}: date64 value is not a whole number of days: {exc}") from exc
+            raise SchemaError(f"{path}: date64 value is not a whole number of days: {exc}") from None
     else:
         _check_range(arr.view(pa.int32()), _MIN_DAY, _END_DAY, path, "date32")
     return arr.cast(_STR)
@@ -603,7 +615,7 @@ def _check_unique_names(schema: pa.Schema) -> None:
         seen: set[str] = set()
         for name in names:
             if name in seen:
-                raise ValueError(f"duplicate field name {name!r} in {where}; JSON object keys must be unique")
+                raise SchemaError(f"duplicate field name {name!r} in {where}; JSON object keys must be unique")
             seen.add(name)
 
     def walk(t: pa.DataType, where: str) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from dsexport.api import Frequency, Schedule
+from dsexport.errors import ConfigError
 
 CRON_TIME_ZONE = "Etc/UTC"
 
@@ -22,8 +23,10 @@ _FOLDER = re.compile(r"[0-9]{12}")
 _TIME = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 
 
-class NoSlotError(ValueError):
+class NoSlotError(ConfigError):
     """There is no slot at or before the requested instant, so there is no export time to attribute it to."""
+
+    reason = "BeforeFirstSlot"
 
     def __init__(self, at: datetime, first_slot: datetime | None) -> None:
         self.at = at
@@ -33,7 +36,7 @@ class NoSlotError(ValueError):
         else:
             message = (
                 f"no export slot at or before {_show(at)}: the schedule's first slot is {_show(first_slot)}; "
-                "pass --at on or after it"
+                "exports start there"
             )
         super().__init__(message)
 

@@ -12,6 +12,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from dsexport import api
+from dsexport.errors import SourceError
 
 # Small read-ahead keeps peak memory bounded whatever the row-group sizes; throughput barely changes because
 # decoding, not I/O, dominates on local and object-store sources alike.
@@ -24,10 +25,6 @@ _EXTENSIONS: dict[api.SourceFormat, tuple[str, ...]] = {
     api.SourceFormat.json: (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz"),
     api.SourceFormat.csv: (".csv", ".csv.gz", ".tsv"),
 }
-
-
-class SourceError(RuntimeError):
-    """The source cannot be listed or read; the message names the dataset's URI, never credentials."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +46,7 @@ def _filesystem(uri: str, credentials: Mapping[str, str]) -> tuple[pafs.FileSyst
             return _gcs(uri, parts.query, credentials), parts.netloc + parts.path
         return pafs.FileSystem.from_uri(uri)  # type: ignore[no-any-return]
     except (pa.ArrowInvalid, OSError) as e:
-        raise SourceError(f"cannot open source {uri}: {e}") from e
+        raise SourceError(f"cannot open source {uri}: {e}", transient=_transient(e)) from None
 
 
 def _query(query: str, *names: str) -> dict[str, str]:
@@ -94,7 +91,7 @@ class Source:
         try:
             infos = self.fs.get_file_info(selector)
         except (FileNotFoundError, OSError) as e:
-            raise SourceError(f"cannot list source {self.spec.uri}: {e}") from e
+            raise SourceError(f"cannot list source {self.spec.uri}: {e}", transient=_transient(e)) from None
         extensions = _EXTENSIONS[self.format]
         prefix = len(self.root) + 1
         files = []
@@ -130,7 +127,7 @@ class Source:
             )
             return factory.finish(factory.inspect(promote_options="permissive"))
         except (pa.ArrowInvalid, OSError) as e:
-            raise SourceError(f"cannot read source {self.spec.uri}: {e}") from e
+            raise SourceError(f"cannot read source {self.spec.uri}: {e}", transient=_transient(e)) from None
 
     @staticmethod
     def batches(dataset: pads.Dataset, filter_: Any = None) -> Iterator[pa.RecordBatch]:
@@ -142,13 +139,17 @@ class Source:
         stays flat at the same speed. Row groups whose statistics exclude the filter are skipped unread.
         """
         for fragment in dataset.get_fragments():
-            pieces = (
-                fragment.split_by_row_group(filter_, schema=dataset.schema)
-                if isinstance(fragment, pads.ParquetFileFragment)
-                else [fragment]
-            )
-            for piece in pieces:
-                yield from Source._piece_batches(piece, dataset.schema, filter_)
+            try:
+                pieces = (
+                    fragment.split_by_row_group(filter_, schema=dataset.schema)
+                    if isinstance(fragment, pads.ParquetFileFragment)
+                    else [fragment]
+                )
+                for piece in pieces:
+                    yield from Source._piece_batches(piece, dataset.schema, filter_)
+            except (pa.ArrowException, OSError) as e:
+                # A damaged file, a column whose type changed incompatibly, a store that stopped answering.
+                raise SourceError(f"cannot read source file {fragment.path}: {e}", transient=_transient(e)) from None
 
     @staticmethod
     def _piece_batches(piece: pads.Fragment, schema: pa.Schema, filter_: Any) -> Iterator[pa.RecordBatch]:
@@ -162,3 +163,10 @@ class Source:
         ):
             if batch.num_rows:
                 yield batch
+
+
+def _transient(error: BaseException) -> bool:
+    """A network or storage hiccup may pass; a malformed file, a missing path or a refusal will not."""
+    if isinstance(error, pa.ArrowException) and not isinstance(error, pa.ArrowIOError):
+        return False
+    return isinstance(error, OSError) and not isinstance(error, FileNotFoundError | PermissionError)

@@ -1,4 +1,4 @@
-"""Watermarks: what has been exported so far, in a JSON form stored in every manifest.
+"""Watermarks: what has been exported so far, as the typed state stored in every manifest.
 
 Storing the whole state in the manifest (not in the operator) is what lets a run recover it from the
 destination alone: the latest committed manifest of a dataset is its watermark.
@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dsexport.engine.manifest import ColumnState, FilesState, WatermarkRange
 from dsexport.engine.sources import SourceFile
+from dsexport.errors import ConfigError
 
 
 def _iso_ns(ns: int) -> str:
@@ -29,21 +31,19 @@ class FilesSelection:
     """The files a run exports and the state to commit once they are exported."""
 
     files: list[SourceFile]
-    state: dict[str, Any]
-    range: dict[str, Any]
+    state: FilesState
+    range: WatermarkRange
 
 
-def select_files(
-    listing: Sequence[SourceFile], previous: Mapping[str, Any] | None, *, lookback_ns: int
-) -> FilesSelection:
+def select_files(listing: Sequence[SourceFile], previous: FilesState | None, *, lookback_ns: int) -> FilesSelection:
     """New files since the watermark.
 
     A file counts as new when it is younger than ``maxModified - lookback`` and was not exported before. Files
     exported inside that window are remembered by path, so a file that becomes visible late (an object store's
     listing lag, a slow writer's rename) is exported exactly once, while state stays bounded by the window.
     """
-    prev_max = int(previous["maxModifiedNs"]) if previous else None
-    seen: dict[str, int] = dict(previous.get("recent", {})) if previous else {}
+    prev_max = previous.max_modified_ns if previous else None
+    seen: dict[str, int] = dict(previous.recent) if previous else {}
     if prev_max is None:
         chosen = list(listing)
     else:
@@ -53,8 +53,10 @@ def select_files(
     horizon = new_max - lookback_ns
     seen.update({f.path: f.mtime_ns for f in chosen})
     recent = {p: m for p, m in sorted(seen.items()) if m > horizon}
-    state = {"strategy": "files", "maxModifiedNs": new_max, "maxModified": _iso_ns(new_max), "recent": recent}
-    wm_range = {"from": _iso_ns(prev_max) if prev_max is not None else None, "to": _iso_ns(new_max)}
+    state = FilesState(max_modified_ns=new_max, max_modified=_iso_ns(new_max), recent=recent)
+    wm_range = WatermarkRange(
+        strategy="files", from_=_iso_ns(prev_max) if prev_max is not None else None, to=_iso_ns(new_max)
+    )
     return FilesSelection(files=chosen, state=state, range=wm_range)
 
 
@@ -68,36 +70,45 @@ class ColumnCursor:
     def filter(self, schema: pa.Schema) -> pc.Expression:
         if schema.get_field_index(self.column) < 0:
             names = ", ".join(schema.names[:20])
-            raise ValueError(f"cursor column {self.column!r} is not in the dataset (columns: {names})")
+            raise ConfigError(f"cursor column {self.column!r} is not in the dataset (columns: {names})")
         field = pc.field(self.column)
         if self.value is None:
             return field.is_valid()
         return field > self.value.cast(schema.field(self.column).type)
 
 
-def column_cursor(column: str, previous: Mapping[str, Any] | None) -> ColumnCursor:
+def column_cursor(column: str, previous: ColumnState | None) -> ColumnCursor:
     if previous is None:
         return ColumnCursor(column, None)
-    if previous.get("column") != column:
-        raise ValueError(
-            f"the committed watermark is on column {previous.get('column')!r}, not {column!r}: "
+    if previous.column != column:
+        raise ConfigError(
+            f"the committed watermark is on column {previous.column!r}, not {column!r}: "
             "reset the dataset to start over with the new cursor column"
         )
-    return ColumnCursor(column, _decode(previous["value"], previous["type"]))
+    if previous.value is None or previous.type is None:
+        return ColumnCursor(column, None)
+    try:
+        return ColumnCursor(column, _decode(previous.value, previous.type))
+    except (ValueError, TypeError, ArithmeticError, pa.ArrowException) as e:
+        # A manifest is validated, but a value must also be one of its declared type to be trusted.
+        raise ConfigError(
+            f"the committed watermark {previous.value!r} is not a {previous.type} value ({e}); "
+            "reset the dataset to start over"
+        ) from None
 
 
-def column_state(cursor: ColumnCursor, new_max: pa.Scalar | None) -> dict[str, Any]:
+def column_state(cursor: ColumnCursor, new_max: pa.Scalar | None) -> ColumnState:
     """The committed state: the largest cursor exported so far (unchanged if the run exported nothing)."""
     value = new_max if new_max is not None and new_max.is_valid else cursor.value
     if value is None:
-        return {"strategy": "column", "column": cursor.column, "type": None, "value": None, "display": None}
-    return {
-        "strategy": "column",
-        "column": cursor.column,
-        "type": str(value.type),
-        "value": _encode(value),
-        "display": str(value),
-    }
+        return ColumnState(column=cursor.column)
+    return ColumnState(column=cursor.column, type=str(value.type), value=_encode(value), display=str(value))
+
+
+def column_range(cursor: ColumnCursor, state: ColumnState) -> WatermarkRange:
+    """From the cursor the run started at to the one it commits, for people."""
+    start = str(cursor.value) if cursor.value is not None else None
+    return WatermarkRange(strategy="column", from_=start, to=state.display)
 
 
 def scan_max(batch: pa.RecordBatch, column: str, current: pa.Scalar | None) -> pa.Scalar | None:

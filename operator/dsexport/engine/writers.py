@@ -18,6 +18,7 @@ from dsexport import api
 from dsexport.destinations import Transport, join
 from dsexport.engine import jsonenc
 from dsexport.engine.sink import WriteBehindSink
+from dsexport.errors import SchemaError
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,30 @@ def extension(fmt: api.Format) -> str:
     if fmt.type == api.OutputFormat.parquet:
         return ".parquet"
     return ".json.gz" if fmt.effective_compression == "gzip" else ".json"
+
+
+def check_schema(schema: pa.Schema, fmt: api.Format) -> None:
+    """Fail before anything is written if a column cannot be held by the format, naming the column."""
+    if fmt.type == api.OutputFormat.json:
+        jsonenc.json_schema(schema)
+        return
+    if _parquet_refuses(schema) is None:
+        return
+    for f in schema:
+        if (reason := _parquet_refuses(pa.schema([f]))) is not None:
+            raise SchemaError(
+                f"column {f.name!r} has Arrow type {f.type}, which Parquet cannot hold ({reason}); "
+                "leave the column out of the source"
+            )
+    raise SchemaError(f"the schema cannot be written as Parquet ({_parquet_refuses(schema)})")
+
+
+def _parquet_refuses(schema: pa.Schema) -> str | None:
+    try:
+        pq.ParquetWriter(pa.BufferOutputStream(), schema).close()
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        return str(e)
+    return None
 
 
 def part_name(index: int, run_id: str, fmt: api.Format) -> str:
@@ -165,5 +190,7 @@ def write_parts(
     except BaseException as error:
         if part is not None:
             part.abort(error)
+        if isinstance(error, pa.ArrowException):
+            raise SchemaError(f"cannot write a {fmt.type.value} part: {error}") from None
         raise
     return parts

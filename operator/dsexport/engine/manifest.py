@@ -1,0 +1,159 @@
+"""The commit manifest (``_manifest.json``) and the watermark state it carries, as validated models.
+
+The manifest is both the commit point and the dataset's only memory: the next run reads its watermark back from
+the destination, so a damaged, truncated or foreign file there must stop the run with a message naming the file,
+never be half-trusted and never crash it. Everything read back goes through :func:`parse`.
+
+Version 2 names the DatasetExport ``datasetExport``; version 1 (the first release) called it ``flow`` and is still
+read.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from dsexport.errors import StateError
+
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+EXPORT_TIME_PATTERN = r"^[0-9]{12}$"
+
+
+class Model(BaseModel):
+    """camelCase on the wire, snake_case in code; unknown keys are ignored so a newer minor writer stays readable."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+class FilesState(Model):
+    """Strategy ``files``: the newest modification time exported, and the paths exported within the lookback."""
+
+    strategy: Literal["files"] = "files"
+    max_modified_ns: Annotated[int, Field(ge=0)]
+    max_modified: str
+    recent: dict[str, int] = Field(default_factory=dict)
+
+
+class ColumnState(Model):
+    """Strategy ``column``: the largest cursor value exported, exact (see ``watermark``), and its Arrow type."""
+
+    strategy: Literal["column"] = "column"
+    column: str
+    type: str | None = None
+    value: int | float | str | bool | None = None
+    display: str | None = None
+
+
+WatermarkState = Annotated[FilesState | ColumnState, Field(discriminator="strategy")]
+
+
+class WatermarkRange(Model):
+    """What one export covers, for people: ``from`` (exclusive) and ``to`` (inclusive), as text."""
+
+    strategy: Literal["files", "column"]
+    from_: Annotated[str | None, Field(alias="from")] = None
+    to: str | None = None
+
+
+class PartEntry(Model):
+    """A data file of the export, relative to its exportTime folder."""
+
+    path: Annotated[str, Field(min_length=1)]
+    records: Annotated[int, Field(ge=0)]
+    bytes: Annotated[int, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class FileFormat(Model):
+    type: Literal["parquet", "json"]
+    compression: str
+
+
+class SchemaField(Model):
+    name: str
+    type: str
+    nullable: bool
+
+
+class ManifestSchema(Model):
+    fields: list[SchemaField]
+    arrow: str  # the file schema, Arrow IPC serialised, base64
+
+
+class Manifest(Model):
+    version: int = MANIFEST_VERSION
+    dataset_export: Annotated[
+        str,
+        Field(validation_alias=AliasChoices("datasetExport", "flow"), serialization_alias="datasetExport"),
+    ]
+    dataset: str
+    dataset_id: str
+    export_time: Annotated[str, Field(pattern=EXPORT_TIME_PATTERN)]
+    run_id: str
+    sequence: Annotated[int, Field(ge=1)]
+    mode: Literal["incremental", "full"]
+    backfill: bool
+    reset: bool
+    created_at: str
+    format: FileFormat
+    records: Annotated[int, Field(ge=0)]
+    bytes: Annotated[int, Field(ge=0)]
+    files: list[PartEntry]
+    watermark: WatermarkRange
+    state: WatermarkState
+    schema_: Annotated[ManifestSchema, Field(alias="schema")]
+    source_files: Annotated[list[str] | None, Field(exclude_if=lambda v: v is None)] = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.version not in READABLE_VERSIONS:
+            raise ValueError(f"manifest version {self.version} is not one this dsexport reads {READABLE_VERSIONS}")
+        if self.records != sum(f.records for f in self.files) or self.bytes != sum(f.bytes for f in self.files):
+            raise ValueError("records and bytes are not the sums over files")
+        return self
+
+    def to_bytes(self) -> builtins.bytes:
+        return json.dumps(self.to_json_dict(), indent=2).encode() + b"\n"
+
+
+def parse(raw: bytes, *, path: str, dataset_id: str, export_time: str) -> Manifest:
+    """The manifest at ``path``, validated, and checked to belong where it was found."""
+    fix = (
+        "it is not a manifest this dsexport can trust. If another tool wrote it, give this export another folder; "
+        "if it is damaged, restore it, or remove the exportTime folder to export its rows again"
+    )
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StateError(f"{path} is not valid JSON ({_reason(e)}): {fix}") from None
+    if isinstance(doc, dict) and isinstance(doc.get("version"), int) and doc["version"] > MANIFEST_VERSION:
+        raise StateError(
+            f"{path} was written by a newer dsexport (manifest version {doc['version']}); upgrade dsexport to read it"
+        )
+    try:
+        manifest = Manifest.model_validate(doc)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'document'}: {err['msg']}" for err in e.errors()[:3]
+        )
+        raise StateError(f"{path} is not a valid dsexport manifest ({problems}): {fix}") from None
+    if manifest.dataset_id != dataset_id or manifest.export_time != export_time:
+        raise StateError(
+            f"{path} describes dataset {manifest.dataset_id!r} at exportTime {manifest.export_time}, not the folder "
+            f"it is in ({dataset_id!r}, {export_time}): {fix}"
+        )
+    return manifest
+
+
+def _reason(e: json.JSONDecodeError | UnicodeDecodeError) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at line {e.lineno} column {e.colno}"
+    return "not UTF-8 text"
