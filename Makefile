@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit crds bench bench-upload clean cluster cluster-down cluster-bin test-servers
+.PHONY: demo test check lint typecheck unit crds bench bench-upload clean cluster cluster-down cluster-bin test-servers
 
 $(VENV)/.stamp: requirements/runtime.txt requirements/dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,12 +15,20 @@ $(VENV)/.stamp: requirements/runtime.txt requirements/dev.txt pyproject.toml
 demo: $(VENV)/.stamp
 	$(PY) -m examples.demo
 
+# ruff, and the import contracts in pyproject.toml ([tool.importlinter]): the layers, and no Kubernetes or CLI
+# library below the cli and operator packages.
 lint: $(VENV)/.stamp
 	$(BIN)/ruff check operator tests bench examples
 	$(BIN)/ruff format --check operator tests bench examples
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(VENV)/.stamp
 	$(BIN)/mypy
+
+# The developer loop: everything that needs no server (lint, types, unit, local and guarantee tests but the slow
+# ones), in a few minutes; make test runs the whole suite.
+check: lint typecheck
+	$(BIN)/pytest tests/unit tests/local tests/guarantees -m "not slow" $(PYTEST_ARGS)
 
 # The control plane binaries are built (or found in the cache) before pytest, so no test waits on a compiler.
 test: lint typecheck cluster-bin test-servers
