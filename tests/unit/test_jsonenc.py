@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dsexport.engine import jsonenc
-from dsexport.errors import SchemaError
 from dsexport.engine.jsonenc import NdjsonWriter, encode_batch, json_schema
+from dsexport.errors import SchemaError
 
 UNITS = ["s", "ms", "us", "ns"]
 PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}

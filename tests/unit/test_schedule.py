@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsexport.api import Schedule
-from dsexport.errors import ConfigError
 from dsexport.engine.schedule import (
     CronSchedule,
     NoSlotError,
@@ -22,6 +21,7 @@ from dsexport.engine.schedule import (
     parse_export_time,
     slots,
 )
+from dsexport.errors import ConfigError
 
 PROPERTIES = settings(max_examples=150, deadline=None)
 

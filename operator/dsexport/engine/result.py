@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, ValidationError, field_serializer
 
@@ -63,7 +63,7 @@ class RunResult(Model):
     def ok(self) -> bool:
         return all(r.outcome != Outcome.failed for r in self.results)
 
-    def to_json_dict(self) -> dict[str, object]:
+    def to_json_dict(self) -> dict[str, Any]:
         return {**super().to_json_dict(), "ok": self.ok}
 
     @classmethod

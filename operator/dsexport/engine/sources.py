@@ -45,7 +45,7 @@ def _filesystem(uri: str, credentials: Mapping[str, str]) -> tuple[pafs.FileSyst
         if parts.scheme == "gs":
             return _gcs(uri, parts.query, credentials), parts.netloc + parts.path
         return pafs.FileSystem.from_uri(uri)  # type: ignore[no-any-return]
-    except (pa.ArrowInvalid, OSError) as e:
+    except (pa.ArrowException, OSError) as e:
         raise SourceError(f"cannot open source {uri}: {e}", transient=_transient(e)) from None
 
 
@@ -126,7 +126,7 @@ class Source:
                 self.fs, paths, self._file_format(), pads.FileSystemFactoryOptions()
             )
             return factory.finish(factory.inspect(promote_options="permissive"))
-        except (pa.ArrowInvalid, OSError) as e:
+        except (pa.ArrowException, OSError) as e:
             raise SourceError(f"cannot read source {self.spec.uri}: {e}", transient=_transient(e)) from None
 
     @staticmethod

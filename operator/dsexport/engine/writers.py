@@ -6,6 +6,7 @@ works the same for local files and uploads.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -148,6 +149,10 @@ class _Part:
 
     def abort(self, error: BaseException) -> None:
         self.sink.abandon()
+        # Close the format writer too (its footer goes nowhere: the sink refuses it), or it would try again, and
+        # fail, when it is garbage-collected.
+        with contextlib.suppress(Exception):
+            self.writer.close()
         self._target.__exit__(type(error), error, error.__traceback__)
 
 

@@ -1,0 +1,189 @@
+"""The commit protocol and watermark recovery on their own: what a run reads back from the destination, and what
+it refuses to trust (a damaged, foreign or misplaced manifest) or to do (write behind the latest commit, into
+another DatasetExport's folder)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from examples import sample
+from tests.helpers import START, flow_yaml
+
+from dsexport.api import loader
+from dsexport.cli import local
+from dsexport.destinations import AlreadyExistsError, join
+from dsexport.destinations.filesystem import FilesystemTransport
+from dsexport.engine import DatasetResult, Outcome, commit
+from dsexport.engine import manifest as manifests
+from dsexport.engine.manifest import FilesState, Manifest
+from dsexport.errors import StateError
+
+AT = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)  # slot 202612010000 of the helper's 3-hourly schedule
+PREFIX = "out/events"
+SLOT = "202612010000"
+
+
+@pytest.fixture
+def exported(tmp_path: Path) -> tuple[Path, Path]:
+    """A destination with one committed export of 300 rows; returns (flow file, destination root)."""
+    src, dest = tmp_path / "lake", tmp_path / "dest"
+    sample.write_files(src, files=1, rows_per_file=300, seed=1, start=START)
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    [result] = run(flow, AT)
+    assert result.outcome == Outcome.exported, result.message
+    return flow, dest
+
+
+def run(flow: Path, at: dt.datetime) -> list[DatasetResult]:
+    bundle = loader.load_files([flow])
+    return local.run(bundle, local.requests(bundle, at=at))
+
+
+def manifest_path(dest: Path, slot: str = SLOT) -> Path:
+    return dest / PREFIX / f"exportTime={slot}" / "_manifest.json"
+
+
+def test_read_state_returns_the_latest_commit_and_newer_uncommitted_slots(exported: tuple[Path, Path]) -> None:
+    _, dest = exported
+    t = FilesystemTransport(dest)
+    for leftover in ("202612010300", "202612010600"):  # killed runs: parts, no manifest
+        t.put(join(PREFIX, f"exportTime={leftover}", "part-00000-x.parquet"), b"partial")
+    t.put(join(PREFIX, "exportTime=202611300000", "part-00000-y.parquet"), b"older, never committed")
+    state = commit.read_state(t, PREFIX, dataset_id="events")
+    assert state.latest_slot == SLOT
+    assert isinstance(state.latest, Manifest)
+    assert state.latest.records == 300 and state.latest.dataset_export == "flow"
+    assert isinstance(state.latest.state, FilesState)
+    assert state.uncommitted == ("202612010600", "202612010300")  # newest first; the older one is not looked at
+
+
+def test_read_state_of_an_empty_destination(tmp_path: Path) -> None:
+    state = commit.read_state(FilesystemTransport(tmp_path), PREFIX, dataset_id="events")
+    assert (state.latest, state.latest_slot, state.uncommitted) == (None, None, ())
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'{"version": 2, "datasetExport": "flow", "records": ', r"is not valid JSON \(Expecting value at line 1"),
+        (b"\xff\xfe", "is not valid JSON"),
+        (b'{"hello": "world"}', r"is not a valid dsexport manifest \(datasetExport: Field required"),
+        (b"[1, 2, 3]", "is not a valid dsexport manifest"),
+        (b'{"version": 9}', r"written by a newer dsexport \(manifest version 9\); upgrade dsexport"),
+    ],
+)
+def test_a_damaged_or_foreign_manifest_is_refused_naming_its_path(
+    exported: tuple[Path, Path], content: bytes, expected: str
+) -> None:
+    flow, dest = exported
+    path = manifest_path(dest)
+    path.write_bytes(content)
+    with pytest.raises(StateError, match=expected) as raised:
+        commit.read_state(FilesystemTransport(dest), PREFIX, dataset_id="events")
+    assert f"{PREFIX}/exportTime={SLOT}/_manifest.json" in str(raised.value)
+    assert raised.value.permanent
+
+    # Through a run it is a failed result with the same message, never a traceback, and nothing is written.
+    before = sorted(p.relative_to(dest) for p in dest.rglob("*"))
+    [result] = run(flow, AT + dt.timedelta(hours=3))
+    assert result.outcome == Outcome.failed
+    assert result.reason == "DestinationStateRefused" and result.transient is False
+    assert "_manifest.json" in result.message
+    assert sorted(p.relative_to(dest) for p in dest.rglob("*")) == before
+
+
+def test_manifest_totals_must_match_its_files(exported: tuple[Path, Path]) -> None:
+    _, dest = exported
+    doc = json.loads(manifest_path(dest).read_bytes())
+    doc["records"] += 1
+    manifest_path(dest).write_text(json.dumps(doc))
+    with pytest.raises(StateError, match="records and bytes are not the sums over files"):
+        commit.read_state(FilesystemTransport(dest), PREFIX, dataset_id="events")
+
+
+def test_a_manifest_copied_from_another_slot_is_refused(exported: tuple[Path, Path]) -> None:
+    _, dest = exported
+    later = manifest_path(dest, "202612010300")
+    later.parent.mkdir(parents=True)
+    later.write_bytes(manifest_path(dest).read_bytes())
+    with pytest.raises(StateError, match=r"describes dataset 'events' at exportTime 202612010000, not the folder"):
+        commit.read_state(FilesystemTransport(dest), PREFIX, dataset_id="events")
+
+
+def test_a_version_1_manifest_is_still_read_and_continued(exported: tuple[Path, Path]) -> None:
+    """The first release wrote ``flow`` and version 1; its watermark must carry on, not restart a backfill."""
+    flow, dest = exported
+    doc = json.loads(manifest_path(dest).read_bytes())
+    doc["flow"] = doc.pop("datasetExport")
+    doc["version"] = 1
+    manifest_path(dest).write_text(json.dumps(doc))
+    state = commit.read_state(FilesystemTransport(dest), PREFIX, dataset_id="events")
+    assert state.latest is not None and state.latest.dataset_export == "flow"
+    [result] = run(flow, AT + dt.timedelta(hours=3))
+    assert (result.outcome, result.message) == (Outcome.no_new_data, "no new files")
+
+
+def test_another_dataset_exports_folder_is_refused(exported: tuple[Path, Path]) -> None:
+    flow, dest = exported
+    doc = json.loads(manifest_path(dest).read_bytes())
+    doc["datasetExport"] = "someone-else"
+    manifest_path(dest).write_text(json.dumps(doc))
+    state = commit.read_state(FilesystemTransport(dest), PREFIX, dataset_id="events")
+    with pytest.raises(StateError, match="already used by DatasetExport 'someone-else'"):
+        commit.check_owner(state, "flow", where="here")
+    commit.check_owner(state, "someone-else", where="here")
+    [result] = run(flow, AT + dt.timedelta(hours=3))
+    assert result.outcome == Outcome.failed and "already used by DatasetExport 'someone-else'" in result.message
+
+
+def test_commits_only_move_forward(exported: tuple[Path, Path]) -> None:
+    flow, dest = exported
+    state = commit.read_state(FilesystemTransport(dest), PREFIX, dataset_id="events")
+    commit.check_order(state, "202612010300", where="here")
+    with pytest.raises(StateError, match="before the latest committed export 202612010000"):
+        commit.check_order(state, "202611302100", where="here")
+    [result] = run(flow, AT - dt.timedelta(hours=3))
+    assert result.outcome == Outcome.failed
+    assert "--at" not in result.message  # engine messages give no CLI advice
+
+
+def test_commit_is_create_only_and_marks_success(exported: tuple[Path, Path]) -> None:
+    _, dest = exported
+    t = FilesystemTransport(dest)
+    latest = commit.read_state(t, PREFIX, dataset_id="events").latest
+    assert latest is not None
+    folder = join(PREFIX, "exportTime=202612010300")
+    again = latest.model_copy(update={"export_time": "202612010300"})
+    commit.commit(t, folder, again)
+    assert t.exists(join(folder, commit.SUCCESS))
+    assert (
+        manifests.parse(
+            t.get(join(folder, commit.MANIFEST)) or b"", path="x", dataset_id="events", export_time="202612010300"
+        )
+        == again
+    )
+    with pytest.raises(AlreadyExistsError):
+        commit.commit(t, folder, again)
+
+
+def test_finish_committed_completes_the_marker_and_drops_temporary_files(exported: tuple[Path, Path]) -> None:
+    _, dest = exported
+    t = FilesystemTransport(dest)
+    folder = join(PREFIX, f"exportTime={SLOT}")
+    t.delete([join(folder, commit.SUCCESS)])
+    t.put(join(folder, ".part-00001-x.parquet.tmp-abc"), b"temporary")
+    parts = {k for k in t.list_keys(folder) if "/part-" in k}
+    commit.finish_committed(t, folder)
+    assert set(t.list_keys(folder)) == parts | {join(folder, commit.MANIFEST), join(folder, commit.SUCCESS)}
+
+
+def test_clean_folder_removes_every_file_of_an_uncommitted_slot(tmp_path: Path) -> None:
+    t = FilesystemTransport(tmp_path)
+    folder = join(PREFIX, "exportTime=202612010300")
+    for name in ("part-00000-x.parquet", ".part-00001-x.parquet.tmp-1", "sub/deeper.bin"):
+        t.put(join(folder, name), b"x")
+    assert commit.clean_folder(t, folder) == 3
+    assert list(t.list_keys(PREFIX)) == []
