@@ -1,12 +1,14 @@
 """Azure Blob Storage (azure-storage-blob): keys are block blob names in one container.
 
-A file is staged as blocks and appears only when its block list is committed, on a clean exit; after an error
-nothing is committed, and the staged blocks expire on their own (they are invisible meanwhile, so there are no
-leftovers to list or delete). A create-only put is a conditional upload (``If-None-Match: *``).
+A file is staged as blocks and appears only when its block list is committed, on a clean exit, because a reader
+must never see half a file; after an error nothing is committed, and the staged blocks expire on their own (they
+are invisible meanwhile, so there are no leftovers to list or delete). A create-only put is a conditional upload
+(``If-None-Match: *``), because of two writers of one slot exactly one may commit.
 
-The SDK's own retries are off so that the one policy of ``retry.call`` bounds every wait. Messages never quote
-the SDK's exception text as is: a transport error's text can carry the request URL, and with a SAS token that
-URL holds the signature.
+The SDK's own retries are off so that the one policy of ``retry.call`` bounds every wait; a service that stays
+away past it is reported as transient, refusals (keys, SAS permissions, the container) as permanent. Messages never
+quote the SDK's exception text as is: a transport error's text can carry the request URL, and with a SAS token
+that URL holds the signature.
 """
 
 from __future__ import annotations
@@ -34,7 +36,16 @@ from azure.storage.blob import BlobBlock, BlobClient, BlobPrefix, ContainerClien
 
 from dsexport import api
 from dsexport.destinations import retry
-from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, Writable, join
+from dsexport.destinations.base import (
+    AlreadyExistsError,
+    DestinationError,
+    Transport,
+    Writable,
+    folder_prefix,
+    join,
+    scrub,
+)
+from dsexport.destinations.buffer import PartBuffer
 
 T = TypeVar("T")
 
@@ -142,7 +153,7 @@ class AzureBlobTransport(Transport):
         return self._call(f"looking up {key}", self._blob(key).exists)
 
     def list_prefixes(self, prefix: str) -> list[str]:
-        start = _folder(prefix)
+        start = folder_prefix(prefix)
 
         def attempt() -> list[str]:
             items = self._container.walk_blobs(name_starts_with=start, delimiter="/")
@@ -151,7 +162,7 @@ class AzureBlobTransport(Transport):
         return self._call(f"listing {prefix or 'the container'}", attempt)
 
     def list_keys(self, prefix: str) -> Iterator[str]:
-        start = _folder(prefix)
+        start = folder_prefix(prefix)
         yield from self._call(f"listing {prefix or 'the container'}", lambda: sorted(self._list(start)))
 
     def delete(self, keys: Iterable[str]) -> None:
@@ -206,19 +217,13 @@ class AzureBlobTransport(Transport):
         return DestinationError(f"{where}: {reason or type(e).__name__}")
 
     def _scrub(self, e: BaseException) -> str:
-        """The error's text without query strings (a SAS signature) or any credential value."""
-        text = re.sub(r"\?[^\s'\")]*", "", str(e))[:300]
-        if any(secret in text for secret in self._secrets):
-            return type(e).__name__
-        return text
+        """The error's text without query strings (a SAS signature, even one not in the Secret as such: the SDK
+        may quote it re-encoded) or any credential value."""
+        return scrub(re.sub(r"\?[^\s'\")]*", "", str(e)), secrets=self._secrets)[:300]
 
 
 class _BlockWriter:
-    """Buffers one block, stages it (retried whole from the buffer), and commits the block list at the end.
-
-    The buffer is the list of written chunks, joined once per block: each byte is copied once, where appending to
-    a bytearray, slicing it and converting the slice to bytes copied it three times.
-    """
+    """Buffers one block, stages it (retried whole from the buffer), and commits the block list at the end."""
 
     def __init__(self, transport: AzureBlobTransport, blob: BlobClient, key: str) -> None:
         self._transport = transport
@@ -226,33 +231,22 @@ class _BlockWriter:
         self._key = key
         self._prefix = uuid.uuid4().hex  # another writer's blocks for the same name never collide with ours
         self._blocks: list[BlobBlock] = []
-        self._pieces: list[bytes | memoryview] = []
-        self._buffered = 0
+        self._buffer = PartBuffer()
 
     def write(self, data: bytes | memoryview, /) -> int:
-        # Bytes, and views of bytes (the sink's slices), cannot change, so they are kept as they are; anything else
-        # is copied, because the caller may reuse it as soon as this returns.
-        immutable = isinstance(data, bytes) or (isinstance(data, memoryview) and isinstance(data.obj, bytes))
-        self._pieces.append(data if immutable else bytes(data))
-        self._buffered += len(data)
-        if self._buffered >= BLOCK_SIZE:
-            buffer = self._take()
+        self._buffer.append(data)
+        if len(self._buffer) >= BLOCK_SIZE:
+            buffer = self._buffer.take()
             full = len(buffer) - len(buffer) % BLOCK_SIZE
             for start in range(0, full, BLOCK_SIZE):
                 self._stage(buffer if len(buffer) == BLOCK_SIZE else buffer[start : start + BLOCK_SIZE])
             if full < len(buffer):
-                self._pieces, self._buffered = [buffer[full:]], len(buffer) - full
+                self._buffer.append(buffer[full:])
         return len(data)
-
-    def _take(self) -> bytes:
-        """The buffered bytes as one object (no copy when they are a single chunk), leaving the buffer empty."""
-        buffer = b"".join(self._pieces)
-        self._pieces, self._buffered = [], 0
-        return buffer
 
     def commit(self) -> None:
         what = f"writing {self._key}"
-        data = self._take()
+        data = self._buffer.take()
         if not self._blocks:  # a small file: one upload, as atomic as a commit
             self._transport._call(what, lambda: self._blob.upload_blob(data, length=len(data), overwrite=True))
             return
@@ -276,11 +270,6 @@ def _code(e: BaseException) -> str:
     """The storage error code (e.g. ContainerNotFound), which the SDK sets on its exceptions."""
     code = getattr(e, "error_code", None)
     return str(getattr(code, "value", code) or "")  # a StorageErrorCode, or the plain text of a newer code
-
-
-def _folder(prefix: str) -> str:
-    folder = join(prefix)
-    return f"{folder}/" if folder else ""
 
 
 def _download(blob: BlobClient) -> bytes:

@@ -1,4 +1,8 @@
-"""The storage primitives the commit protocol needs, and nothing more, so every backend can offer them."""
+"""The storage primitives the commit protocol needs, and nothing more, so every backend can offer them.
+
+The few helpers here are the ones every backend would otherwise write for itself, and get subtly different:
+what a folder is in a listing, and how no credential value reaches a message.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Protocol
 
 from dsexport.errors import AlreadyExistsError, DestinationError
 
-__all__ = ["AlreadyExistsError", "DestinationError", "Transport", "Writable", "join"]
+__all__ = ["AlreadyExistsError", "DestinationError", "Transport", "Writable", "folder_prefix", "join", "scrub"]
 
 
 class Writable(Protocol):
@@ -19,7 +23,12 @@ class Writable(Protocol):
 
 
 class Transport(ABC):
-    """Keys are ``/``-separated paths relative to the destination's root (a folder, a bucket, a container)."""
+    """Keys are ``/``-separated paths relative to the destination's root (a folder, a bucket, a container).
+
+    Every failure is a DestinationError naming the Destination, ``transient`` when the store did not answer (so
+    the same operation may well succeed later) and permanent when something must change first (credentials, the
+    bucket, permissions, the Secret).
+    """
 
     @abstractmethod
     def describe(self) -> str:
@@ -59,3 +68,25 @@ class Transport(ABC):
 def join(*parts: str) -> str:
     """Join key parts, ignoring empty ones (an empty destination folder means the root)."""
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+def folder_prefix(prefix: str) -> str:
+    """``prefix`` as an object store's listing prefix: ``a/b/``, or ``""`` for the root.
+
+    Object stores list by name prefix, not by folder; the trailing ``/`` keeps a listing of ``a/b`` from showing
+    ``a/bc``, as a folder listing would not.
+    """
+    folder = join(prefix)
+    return f"{folder}/" if folder else ""
+
+
+def scrub(text: str, *, secrets: Iterable[str]) -> str:
+    """``text`` with every credential value in it replaced by ``***``.
+
+    SDK messages may echo what was sent (a request, a header, a URL), and users paste messages into tickets, so
+    whatever an SDK says goes through here before it reaches a message. Longer values go first, so a value that
+    contains another (a connection string and its account key) leaves no part behind.
+    """
+    for value in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text

@@ -1,10 +1,13 @@
 """Google Cloud Storage (or an emulator), through google-cloud-storage.
 
 A part streams as a resumable upload that is finalized only when its block exits cleanly and cancelled otherwise,
-so a reader never sees half a file; the manifest is written with ``if_generation_match=0``, so of two writers of
-one slot exactly one commits. Requests are retried by ``retry.call``, with the SDK's own retries off, so
-"transient" has one bound on every backend. The chunks of a resumable upload are the exception: only the SDK
-knows how to resume its session, so it retries them itself, with our policy's backoff and deadline.
+because a reader must never see half a file; the manifest is written with ``if_generation_match=0``, because of
+two writers of one slot exactly one may commit.
+
+Requests are retried by ``retry.call``, with the SDK's own retries off, so "transient" has one bound on every
+backend. The chunks of a resumable upload are the exception: only the SDK knows how to resume its session, so it
+retries them itself, with our policy's backoff and deadline. Either way, a store (or token endpoint) that stays
+away past the bound is reported as transient, so the run is retried later; refusals are permanent.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from google.oauth2 import service_account
 
 from dsexport import api
 from dsexport.destinations import retry
-from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, Writable, join
+from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, Writable, folder_prefix, join
 
 T = TypeVar("T")
 
@@ -172,22 +175,15 @@ class GcsTransport(Transport):
             raise
 
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        what = f"write {self._url(key)}"
         blob = self._bucket.blob(key)
-        attempts = 0
-
-        def once() -> None:
-            nonlocal attempts
-            attempts += 1
-            blob.upload_from_string(data, if_generation_match=0 if create_only else None, retry=None, timeout=TIMEOUT)
-
-        try:
-            self._call(f"write {self._url(key)}", once)
-        except AlreadyExistsError:
-            # An attempt that landed but lost its response makes the retry find the object: if it holds our
-            # bytes, this write is what created it.
-            if attempts > 1 and self.get(key) == data:
-                return
-            raise
+        send = functools.partial(
+            blob.upload_from_string, data, if_generation_match=0 if create_only else None, retry=None, timeout=TIMEOUT
+        )
+        if not create_only:
+            self._call(what, send)
+            return
+        retry.create_only_put(send, retried=lambda fn: self._call(what, fn), read_back=lambda: self.get(key), data=data)
 
     def get(self, key: str) -> bytes | None:
         def once() -> bytes | None:
@@ -207,7 +203,7 @@ class GcsTransport(Transport):
     def _list(self, prefix: str, *, delimiter: str | None = None) -> tuple[list[str], set[str]]:
         """Names and sub-folders under the folder ``prefix``; a transient failure restarts the whole listing, so
         no page is seen twice."""
-        folder = join(prefix) + "/" if join(prefix) else ""
+        folder = folder_prefix(prefix)
 
         def once() -> tuple[list[str], set[str]]:
             listing = self._client.list_blobs(

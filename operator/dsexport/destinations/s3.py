@@ -1,9 +1,13 @@
 """Amazon S3 and S3-compatible stores, through boto3.
 
 A part streams as a multipart upload that is completed only when its block exits cleanly and aborted otherwise,
-so a reader never sees half a file; the manifest is a conditional put (``If-None-Match: *``), so of two writers of
-one slot exactly one commits. Retries are ``retry.call``'s, not botocore's, so "transient" has one bound on every
-backend; anything else fails at once with a message that says what to fix and never carries a credential.
+because a reader must never see half a file; the manifest is a conditional put (``If-None-Match: *``), because of
+two writers of one slot exactly one may commit. Parts upload a few at a time, because one request waiting on the
+store would otherwise leave the connection idle.
+
+Retries are ``retry.call``'s, not botocore's, so "transient" has one bound on every backend; a store that stays
+away past it is reported as transient (the run may succeed later), anything else at once and as permanent, with a
+message that says what to fix. botocore's text can echo what was sent, so it never reaches a message unscrubbed.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from botocore.config import Config
 
 from dsexport import api
 from dsexport.destinations import retry
-from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, Writable, join
+from dsexport.destinations.base import (
+    AlreadyExistsError,
+    DestinationError,
+    Transport,
+    Writable,
+    folder_prefix,
+    join,
+    scrub,
+)
+from dsexport.destinations.buffer import PartBuffer
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -122,7 +135,7 @@ class S3Transport(Transport):
         if _transient(error):
             return DestinationError(self._scrub(f"{where}: the store{store} did not answer, retries ran out ({error})"))
         if not isinstance(error, boto_errors.ClientError):
-            return DestinationError(self._scrub(f"{where} failed: {error}"))
+            return DestinationError(self._scrub(f"{where} failed: {error}"))  # e.g. a parameter botocore refuses
         code = _code(error)
         if code in _EXISTS:
             return AlreadyExistsError(f"{where}: the object already exists")
@@ -152,10 +165,7 @@ class S3Transport(Transport):
         return DestinationError(self._scrub(f"{where} failed: {code} {message}".rstrip()))
 
     def _scrub(self, text: str) -> str:
-        """Belt and braces for SDK text: no credential value survives into a message."""
-        for value in self._secret_values:
-            text = text.replace(value, "***")
-        return text
+        return scrub(text, secrets=self._secret_values)
 
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[Writable]:
@@ -168,22 +178,13 @@ class S3Transport(Transport):
             raise
 
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        what = f"write {self._url(key)}"
         condition: dict[str, Any] = {"IfNoneMatch": "*"} if create_only else {}
-        attempts = 0
-
-        def once() -> None:
-            nonlocal attempts
-            attempts += 1
-            self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, **condition, **self._sse)
-
-        try:
-            self._call(f"write {self._url(key)}", once)
-        except AlreadyExistsError:
-            # An attempt that landed but lost its response makes the retry find the object: if it holds our
-            # bytes, this write is what created it.
-            if attempts > 1 and self.get(key) == data:
-                return
-            raise
+        send = functools.partial(self._s3.put_object, Bucket=self.bucket, Key=key, Body=data, **condition, **self._sse)
+        if not create_only:
+            self._call(what, send)
+            return
+        retry.create_only_put(send, retried=lambda fn: self._call(what, fn), read_back=lambda: self.get(key), data=data)
 
     def get(self, key: str) -> bytes | None:
         def once() -> bytes | None:
@@ -214,7 +215,7 @@ class S3Transport(Transport):
         """Every page of a listing of the folder ``prefix``; a transient failure restarts the listing, so no page
         is seen twice."""
         paginator = self._s3.get_paginator("list_objects_v2")
-        folder = join(prefix) + "/" if join(prefix) else ""
+        folder = folder_prefix(prefix)
         return self._call(
             f"list {self._url(folder)}",
             lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=folder, **kwargs)),
@@ -260,8 +261,7 @@ class _Upload:
         self._t = transport
         self._key = key
         self._what = f"write {transport._url(key)}"
-        self._pieces: list[bytes | memoryview] = []  # joined once per part: each byte is copied once
-        self._buffered = 0
+        self._buffer = PartBuffer()
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
         self._next_number = 1
@@ -269,12 +269,8 @@ class _Upload:
         self._in_flight: deque[Future[CompletedPartTypeDef]] = deque()
 
     def write(self, data: bytes | memoryview, /) -> int:
-        # Bytes, and views of bytes (the sink's slices), cannot change, so they are kept as they are; anything else
-        # is copied, because the caller may reuse it as soon as this returns.
-        immutable = isinstance(data, bytes) or (isinstance(data, memoryview) and isinstance(data.obj, bytes))
-        self._pieces.append(data if immutable else bytes(data))
-        self._buffered += len(data)
-        if self._buffered >= PART_SIZE:
+        self._buffer.append(data)
+        if len(self._buffer) >= PART_SIZE:
             self._send_part()
         return len(data)
 
@@ -287,17 +283,11 @@ class _Upload:
             )
             self._pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="dsexport-s3-part")
         assert self._pool is not None
-        upload_id, number, body = self._upload_id, self._next_number, self._take()
+        upload_id, number, body = self._upload_id, self._next_number, self._buffer.take()
         self._next_number += 1
         while len(self._in_flight) >= PARTS_IN_FLIGHT:
             self._parts.append(self._in_flight.popleft().result())  # back-pressure; raises a failed part's error
         self._in_flight.append(self._pool.submit(self._upload_part, upload_id, number, body))
-
-    def _take(self) -> bytes:
-        """The buffered bytes as one object, leaving the buffer empty."""
-        body = b"".join(self._pieces)
-        self._pieces, self._buffered = [], 0
-        return body
 
     def _upload_part(self, upload_id: str, number: int, body: bytes) -> CompletedPartTypeDef:
         t, key = self._t, self._key
@@ -319,10 +309,10 @@ class _Upload:
     def complete(self) -> None:
         t, key = self._t, self._key
         if self._upload_id is None:
-            body = self._take()
+            body = self._buffer.take()
             t._call(self._what, lambda: t._s3.put_object(Bucket=t.bucket, Key=key, Body=body, **t._sse))
             return
-        if self._buffered:
+        if self._buffer:
             self._send_part()
         while self._in_flight:
             self._parts.append(self._in_flight.popleft().result())
