@@ -48,8 +48,8 @@ def fail_inside_open_write(transport: Transport, key: str, size: int) -> None:
         raise RuntimeError("encoder failed")
 
 
-def refused(fn: Callable[[], object], *secrets: str) -> str:
-    """The DestinationError message of ``fn()``; no secret in it nor in any exception it chains, even hidden.
+def refusal(fn: Callable[[], object], *secrets: str) -> DestinationError:
+    """The DestinationError ``fn()`` raises; no secret in it nor in any exception it chains, even hidden.
 
     Users paste these messages into tickets, so a secret must not hide even in ``__context__``, and the message
     must say which Destination failed.
@@ -65,9 +65,13 @@ def refused(fn: Callable[[], object], *secrets: str) -> str:
     for secret in secrets:
         assert secret not in text
     assert info.value.__cause__ is None
-    message = str(info.value)
-    assert message.startswith(f"{NAME}: ")
-    return message
+    assert str(info.value).startswith(f"{NAME}: ")
+    return info.value
+
+
+def refused(fn: Callable[[], object], *secrets: str) -> str:
+    """The message of ``refusal(fn, *secrets)``."""
+    return str(refusal(fn, *secrets))
 
 
 def count_retries(monkeypatch: pytest.MonkeyPatch) -> list[BaseException]:

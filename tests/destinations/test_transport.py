@@ -2,29 +2,36 @@
 
 The commit protocol relies on these primitives behaving the same whatever the store: a file that is either whole
 or absent, a create-only put that exactly one writer wins, listings that show temporary leftovers, and retries
-that ride out a store going away but give up within the deadline when it stays away. What a backend does beyond
-the contract (multipart uploads, host keys, SAS tokens, ...) is tested in its own file.
+that ride out a store going away but give up within the deadline when it stays away. The operator decides from a
+failure's ``transient`` flag whether to retry the run later or to report and wait for a change, so every backend
+must set it the same way: transient when the store did not answer, permanent when credentials, the bucket or the
+folder must change first. What a backend does beyond the contract (multipart uploads, host keys, SAS tokens, ...)
+is tested in its own file.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
+from tests.destinations.conftest import Connect
 from tests.destinations.contract import (
     CHUNK,
     NAME,
     count_retries,
     fail_inside_open_write,
     lose_first_reply,
+    refusal,
     refused,
     write,
 )
 from tests.servers import ProcessServer, Target, wait_until
 
-from dsexport.destinations import AlreadyExistsError, Transport
+from dsexport.destinations import AlreadyExistsError, DestinationError, Transport
 
 # How a remote backend says that the store stayed away through every retry.
 GONE = {
@@ -164,3 +171,69 @@ def test_store_gone_for_good_fails_within_the_deadline(
     message = refused(lambda: transport.put(f"{folder}/x", b"1"))
     assert time.monotonic() - started < 15
     assert GONE[target.type] in message
+
+
+Operation = Callable[[Transport, str], object]
+"""One use of a transport on the test's folder."""
+
+WRITES: dict[str, Operation] = {
+    "put": lambda t, folder: t.put(f"{folder}/x", b"1"),
+    "create-only put": lambda t, folder: t.put(f"{folder}/_manifest.json", b"1", create_only=True),
+    "small open_write": lambda t, folder: write(t, f"{folder}/small", b"small"),
+    "large open_write": lambda t, folder: write(t, f"{folder}/large", b"x" * (CHUNK + 1000)),  # a chunk sent early
+}
+OPERATIONS: dict[str, Operation] = {
+    **WRITES,
+    "get": lambda t, folder: t.get(f"{folder}/x"),
+    "exists": lambda t, folder: t.exists(f"{folder}/x"),
+    "list_keys": lambda t, folder: list(t.list_keys(folder)),
+    "list_prefixes": lambda t, folder: t.list_prefixes(folder),
+    "delete": lambda t, folder: t.delete([f"{folder}/x"]),
+}
+
+
+def transient_flags(open_: Callable[[], Transport], folder: str, operations: dict[str, Operation]) -> dict[str, bool]:
+    """``.transient`` of the DestinationError raised by connecting with ``open_``, or, when connecting succeeds (no
+    request is sent yet), by each of ``operations``; every error must also pass ``refusal``'s checks."""
+    opened: list[Transport] = []
+    try:
+        opened.append(open_())
+    except DestinationError:
+        return {"connect": refusal(open_).transient}
+    return {name: refusal(functools.partial(op, opened[0], folder)).transient for name, op in operations.items()}
+
+
+def test_a_store_that_does_not_answer_fails_as_transient(
+    connect: Connect, server: ProcessServer, folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retries ran out because the store was away: the same run may well succeed later, so the operator retries."""
+    monkeypatch.setenv("DSEXPORT_RETRY_DEADLINE", "1")
+    monkeypatch.setenv("DSEXPORT_RETRY_ATTEMPTS", "100")
+    transport = connect()  # after the environment: GCS takes its chunk retries' deadline when it connects
+    transport.put(f"{folder}/x", b"1")
+    server.stop()
+    flags = {name: refusal(functools.partial(op, transport, folder)).transient for name, op in OPERATIONS.items()}
+    assert flags == dict.fromkeys(OPERATIONS, True)
+    assert all(transient_flags(connect, folder, {"get": OPERATIONS["get"]}).values())  # a new connection too
+
+
+def test_refused_credentials_are_permanent(target: Target, connect: Connect, folder: str) -> None:
+    """Retrying a wrong password or key only repeats the refusal: the Secret must change first."""
+    if target.wrong_secret is None:
+        pytest.skip(f"the {target.type} test server does not check credentials")
+    wrong = target.wrong_secret
+    started = time.monotonic()
+    flags = transient_flags(lambda: connect(wrong), folder, OPERATIONS)
+    assert flags and not any(flags.values()), flags
+    assert time.monotonic() - started < 20  # nothing was retried
+
+
+def test_a_missing_bucket_is_permanent(target: Target, connect: Connect, folder: str) -> None:
+    """A bucket, container or folder that is not there will not appear by itself: spec.<type> must change first.
+
+    Only writes must fail: a read of a missing bucket may answer "no such object", as it does for a missing key.
+    """
+    started = time.monotonic()
+    flags = transient_flags(lambda: connect(**target.missing_block), folder, WRITES)
+    assert flags and not any(flags.values()), flags
+    assert time.monotonic() - started < 20  # nothing was retried

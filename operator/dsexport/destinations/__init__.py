@@ -28,7 +28,7 @@ def open_transport(destination: api.Destination, credentials: Mapping[str, str])
     spec = destination.spec
     name = f"Destination/{destination.metadata.name}"
     if spec.type == api.DestinationType.filesystem and spec.filesystem is not None:
-        return FilesystemTransport(spec.filesystem.path, name)
+        return FilesystemTransport(spec.filesystem.path, name=name)
     module_name, attr = _MODULES[spec.type]
     block = getattr(spec, attr)
     if block is None:

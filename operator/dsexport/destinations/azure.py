@@ -212,7 +212,9 @@ class AzureBlobTransport(Transport):
                 "the account's network rules let this client in"
             )
         if _transient(e):
-            return DestinationError(f"{where}: the storage service did not answer, retries ran out ({self._scrub(e)})")
+            return DestinationError(
+                f"{where}: the storage service did not answer, retries ran out ({self._scrub(e)})", transient=True
+            )
         reason = " ".join(str(part) for part in (status, getattr(e, "reason", None), code) if part)
         return DestinationError(f"{where}: {reason or type(e).__name__}")
 

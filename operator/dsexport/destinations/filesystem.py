@@ -1,11 +1,17 @@
-"""A local or mounted folder: temporary name, fsync, then rename, so a reader never sees a partial file."""
+"""A local or mounted folder: temporary name, fsync, then rename, because a reader must never see a partial file
+and a power cut must not undo a commit that was reported.
+
+Every OSError of our own operations becomes a DestinationError naming the Destination, so callers handle one
+type whatever the store; an error raised by the caller inside ``open_write`` passes through unchanged.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -13,25 +19,57 @@ from dsexport.destinations.base import AlreadyExistsError, DestinationError, Tra
 
 TEMP_MARKER = ".tmp-"
 
+# Transient or permanent, for an OSError: filesystem.path is often a network mount (NFS, SMB, a FUSE bucket mount),
+# and there an I/O error, a timeout, a stale handle or a lost connection is the mount's server not answering, as
+# with any other store: the next run may well succeed, so the operator retries. EIO on a local disk is a failing
+# disk, which a retry will not mend, but the two cannot be told apart and a retry costs little, so EIO counts as
+# transient. Everything else is permanent: EACCES/EPERM/EROFS (permissions, a read-only mount) and ENOENT/ENOTDIR
+# (the folder is not there) need the spec or the volume fixed, and ENOSPC/EDQUOT (a full disk or quota) do not
+# clear by themselves: retrying would write the same bytes into the same full disk, so a person must make room.
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EIO,
+        errno.ETIMEDOUT,
+        errno.ESTALE,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.EBUSY,
+        errno.ENOLCK,
+        errno.ENOTCONN,  # a FUSE mount whose daemon went away
+        errno.ECONNABORTED,
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+    }
+)
+
 
 class FilesystemTransport(Transport):
-    def __init__(self, root: str | Path, name: str = "") -> None:
+    def __init__(self, root: str | Path, *, name: str = "") -> None:
         self.root = Path(root)
         self.name = name or self.describe()
 
     def describe(self) -> str:
         return f"filesystem:{self.root}"
 
+    def _error(self, e: OSError) -> DestinationError:
+        """A DestinationError that names the Destination and its folder, transient as ``TRANSIENT_ERRNOS`` says."""
+        what = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
+        return DestinationError(
+            f"{self.name}: {what} (check that filesystem.path {self.root} exists and is writable)",
+            transient=e.errno in TRANSIENT_ERRNOS,
+        )
+
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
-        """OS errors become DestinationErrors that name the Destination and its folder."""
+        """OS errors of the block become DestinationErrors (see ``_error``)."""
         try:
             yield
         except OSError as e:
-            what = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
-            raise DestinationError(
-                f"{self.name}: {what} (check that filesystem.path {self.root} exists and is writable)"
-            ) from None
+            raise self._error(e) from None
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -48,54 +86,64 @@ class FilesystemTransport(Transport):
         final = self._path(key)
         with self._errors():
             temp = self._temp_for(final)
+            f = temp.open("wb")
         try:
-            with temp.open("wb") as f:
-                yield _SyncingFile(f)
-                f.flush()
-                os.fsync(f.fileno())
-            temp.replace(final)
-            _fsync_dir(final.parent)
+            with f:
+                yield _SyncingFile(f, fail=self._error)  # not under _errors: the caller's own errors pass unchanged
+                with self._errors():
+                    f.flush()
+                    os.fsync(f.fileno())
+            with self._errors():
+                temp.replace(final)
+                _fsync_dir(final.parent)
         finally:
-            temp.unlink(missing_ok=True)
+            with self._errors():
+                temp.unlink(missing_ok=True)
 
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
         final = self._path(key)
         with self._errors():
             temp = self._temp_for(final)
         try:
-            with temp.open("wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if create_only:
-                # link() refuses an existing target atomically, which rename() would silently replace.
-                try:
-                    os.link(temp, final)
-                except FileExistsError:
-                    raise AlreadyExistsError(f"{self.name}: {key} already exists") from None
-            else:
-                temp.replace(final)
-            _fsync_dir(final.parent)
+            with self._errors():
+                with temp.open("wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                if create_only:
+                    # link() refuses an existing target atomically, which rename() would silently replace.
+                    try:
+                        os.link(temp, final)
+                    except FileExistsError:
+                        raise AlreadyExistsError(f"{self.name}: {key} already exists") from None
+                else:
+                    temp.replace(final)
+                _fsync_dir(final.parent)
         finally:
-            temp.unlink(missing_ok=True)
+            with self._errors():
+                temp.unlink(missing_ok=True)
 
     def get(self, key: str) -> bytes | None:
+        path = self._path(key)
         try:
-            return self._path(key).read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as e:
+            raise self._error(e) from None
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        path = self._path(key)
+        with self._errors():
+            return path.is_file()
 
     def list_prefixes(self, prefix: str) -> list[str]:
         try:
             return sorted(e.name for e in os.scandir(self._path(prefix)) if e.is_dir())
         except FileNotFoundError:
             return []
-        except OSError:
-            with self._errors():
-                raise
+        except OSError as e:
+            raise self._error(e) from None
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         root = self.root.resolve()
@@ -107,13 +155,15 @@ class FilesystemTransport(Transport):
         parents = set()
         for key in keys:
             path = self._path(key)
-            path.unlink(missing_ok=True)
+            with self._errors():
+                path.unlink(missing_ok=True)
             parents.add(path.parent)
         root = self.root.resolve()
         for parent in parents:
             if not parent.exists():
                 continue
-            _fsync_dir(parent)
+            with self._errors():
+                _fsync_dir(parent)
             # Object stores have no empty folders; pruning them here keeps listings the same on every backend.
             folder = parent
             while folder != root and folder.is_relative_to(root):
@@ -137,19 +187,23 @@ class _SyncingFile:
     fadvise is missing, fdatasync does the same job, waiting.
     """
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO, *, fail: Callable[[OSError], DestinationError]) -> None:
         self._f = f
+        self._fail = fail
         self._synced = 0  # bytes before this offset have had their writeback started
         self._unsynced = 0
 
-    def write(self, data: bytes | memoryview) -> int:
-        n = self._f.write(data)
-        self._unsynced += n
-        if self._unsynced >= SYNC_EVERY:
-            self._f.flush()
-            _start_writeback(self._f.fileno(), self._synced, self._unsynced)
-            self._synced += self._unsynced
-            self._unsynced = 0
+    def write(self, data: bytes | memoryview, /) -> int:
+        try:
+            n = self._f.write(data)
+            self._unsynced += n
+            if self._unsynced >= SYNC_EVERY:
+                self._f.flush()
+                _start_writeback(self._f.fileno(), self._synced, self._unsynced)
+                self._synced += self._unsynced
+                self._unsynced = 0
+        except OSError as e:
+            raise self._fail(e) from None
         return n
 
 

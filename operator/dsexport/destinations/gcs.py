@@ -137,6 +137,8 @@ class GcsTransport(Transport):
     def _error(self, what: str, error: BaseException) -> DestinationError:
         where = f"{self.name}: {what}"
         store = f" at {self._block.endpoint}" if self._block.endpoint else ""
+        if isinstance(error, api_errors.RetryError) and error.cause is not None:
+            error = error.cause  # the SDK's own retries (of resumable upload chunks) ran out: judge what it last met
         error = _api_error(error)
         fix = "check the Secret's serviceAccountJson" if self._from_secret else "check the pod's Google credentials"
         if isinstance(error, api_errors.PreconditionFailed):
@@ -152,10 +154,14 @@ class GcsTransport(Transport):
             return DestinationError(
                 f"{where}: bucket {self._block.bucket} does not exist{store}; check spec.gcs.bucket"
             )
-        if isinstance(error, auth_errors.TransportError):
-            return DestinationError(f"{where}: could not get an access token, retries ran out ({error})")
+        if isinstance(error, auth_errors.TransportError):  # the token endpoint did not answer
+            return DestinationError(
+                f"{where}: could not get an access token, retries ran out ({error})", transient=True
+            )
         if _transient(error):
-            return DestinationError(f"{where}: the store{store} did not answer, retries ran out ({error})")
+            return DestinationError(
+                f"{where}: the store{store} did not answer, retries ran out ({error})", transient=True
+            )
         if isinstance(error, api_errors.GoogleAPICallError):
             return DestinationError(f"{where} failed: HTTP {error.code} {error.message}")
         return DestinationError(f"{where} failed: {type(error).__name__}: {error}")

@@ -133,7 +133,9 @@ class S3Transport(Transport):
                 "secretAccessKey, or give the pod an IAM role"
             )
         if _transient(error):
-            return DestinationError(self._scrub(f"{where}: the store{store} did not answer, retries ran out ({error})"))
+            return DestinationError(
+                self._scrub(f"{where}: the store{store} did not answer, retries ran out ({error})"), transient=True
+            )
         if not isinstance(error, boto_errors.ClientError):
             return DestinationError(self._scrub(f"{where} failed: {error}"))  # e.g. a parameter botocore refuses
         code = _code(error)

@@ -1,12 +1,14 @@
 """An SFTP server (paramiko): keys are paths relative to the account's login folder.
 
-A file becomes visible only by a rename: it is written under a temporary name in its own folder, then renamed into
-place (``posix-rename@openssh.com`` where the server has it, which replaces atomically). A create-only put uses the
-plain SFTP rename, which the protocol (and OpenSSH) refuses when the target exists.
+A file becomes visible only by a rename, because a reader must never see half a file: it is written under a
+temporary name in its own folder, then renamed into place (``posix-rename@openssh.com`` where the server has it,
+which replaces atomically). A create-only put uses the plain SFTP rename, because the protocol (and OpenSSH)
+refuses it when the target exists, which is what lets exactly one of two writers of a slot commit.
 
-The server is trusted only through ``knownHosts``: an unknown or changed host key is refused (never added), since
-the Secret's password would otherwise go to whoever answers. A dropped connection is reopened within the retry
-policy; credentials, host keys and permissions fail at once with what to fix, and never carry a secret.
+A dropped connection is reopened within the retry policy, and reported as transient once that runs out, since the
+server may well be back for the next run; credentials, host keys (see ``host_keys``) and permissions fail at once
+and as permanent, with what to fix, and never carry a secret. Writes are pipelined, since waiting for each reply
+would leave the connection idle for a round trip per 32 KiB.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class SftpTransport(Transport):
             yield out
             out.finish()
             channel.close()
-            self._call(f"renaming {temp} to {key}", lambda sftp: self._replace(sftp, temp, path, out.size))
+            self._call(f"renaming {temp} to {key}", lambda sftp: self._replace(sftp, temp, to=path, size=out.size))
         except BaseException:
             with contextlib.suppress(Exception):
                 channel.close()
@@ -97,7 +99,7 @@ class SftpTransport(Transport):
                 with sftp.open(temp, "wb") as f:
                     f.write(data)
                 if not create_only:
-                    self._replace(sftp, temp, path, len(data))
+                    self._replace(sftp, temp, to=path, size=len(data))
                     return
                 try:
                     sftp.rename(temp, path)  # plain SFTP rename: refuses an existing target
@@ -211,12 +213,13 @@ class SftpTransport(Transport):
         handle.set_pipelined(True)
         return channel, handle
 
-    def _replace(self, sftp: paramiko.SFTPClient, temp: str, path: str, size: int) -> None:
-        """Rename ``temp`` over ``path``; idempotent, so a retry after a lost reply finds the work done."""
+    def _replace(self, sftp: paramiko.SFTPClient, temp: str, *, to: str, size: int) -> None:
+        """Rename ``temp`` over ``to`` (``size`` bytes); idempotent, so a retry after a lost reply finds the work
+        done."""
         try:
-            sftp.posix_rename(temp, path)
+            sftp.posix_rename(temp, to)
         except FileNotFoundError:
-            if not _is_file(sftp, temp) and _size(sftp, path) == size:
+            if not _is_file(sftp, temp) and _size(sftp, to) == size:
                 return  # an earlier attempt renamed it; only its reply was lost
             raise
         except PermissionError:
@@ -226,8 +229,8 @@ class SftpTransport(Transport):
                 raise
             # No posix-rename@openssh.com: a plain rename, which refuses an existing target.
             with contextlib.suppress(FileNotFoundError):
-                sftp.remove(path)
-            sftp.rename(temp, path)
+                sftp.remove(to)
+            sftp.rename(temp, to)
 
     def _mkdirs(self, sftp: paramiko.SFTPClient, folder: str) -> None:
         if folder in ("", "."):
@@ -280,8 +283,8 @@ class SftpTransport(Transport):
                 f"{where}: permission denied; the user {self._block.username} needs write access to the folder"
             )
         if self._transient(e):
-            return DestinationError(f"{where}: connection failed and retries ran out ({_reason(e)})")
-        return DestinationError(f"{where}: {_reason(e)}")
+            return DestinationError(f"{where}: connection failed and retries ran out ({_reason(e)})", transient=True)
+        return DestinationError(f"{where}: {_reason(e)}")  # the server's answer (e.g. no such file): it would repeat
 
     def _transient(self, e: BaseException) -> bool:
         if isinstance(e, DestinationError):
