@@ -1,7 +1,10 @@
-"""Destination backends behind one small interface; ``open_transport`` picks the one a Destination names.
+"""Destination backends behind one small interface, so the commit protocol is written once and never asks which
+store it writes to; ``open_transport`` picks the one a Destination names.
 
 Backends are imported on first use so a filesystem-only run does not pay for boto3, google-cloud-storage,
-paramiko and the Azure SDK at start-up. Each backend module offers ``connect(name, block, credentials)``.
+paramiko and the Azure SDK at start-up. Each backend module offers ``connect(name, block, credentials)``, and
+raises DestinationError only, transient or permanent (see ``dsexport.errors``), so callers need no backend's
+exception types.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def _transient(error: BaseException) -> bool:
     return isinstance(error, _NETWORK)
 
 
-def _service_account(name: str, raw: str) -> Credentials:
+def _service_account(raw: str, *, name: str) -> Credentials:
     """Credentials from the Secret's serviceAccountJson; errors describe the problem, never the content."""
     try:
         info = json.loads(raw)
@@ -101,7 +101,7 @@ class GcsTransport(Transport):
         self.name = name
         self._block = block
         self._from_secret = "serviceAccountJson" in credentials
-        creds = _service_account(name, credentials["serviceAccountJson"]) if self._from_secret else None
+        creds = _service_account(credentials["serviceAccountJson"], name=name) if self._from_secret else None
         try:
             self._client = storage.Client(
                 project=getattr(creds, "project_id", None),
