@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -128,44 +129,32 @@ def export_dataset(
 ) -> DatasetResult:
     """Run one export; failures come back as a failed result with an actionable message, never a traceback."""
     started = time.monotonic()
-    names = {
-        "dataset_export": request.dataset_export,
-        "dataset": request.dataset.metadata.name,
-        "dataset_id": request.dataset.dataset_id,
-    }
     slot: Slot | None = None
     try:
         slot = Slot.of(request, transport)
-        result = _export(request, transport, slot, on_records, started=started)
+        result = _export(request, transport, slot, on_records)
     except Finished as done:
-        result = DatasetResult(
-            **names, outcome=done.outcome, message=done.message, watermark=done.watermark, **_slot_fields(slot)
-        )
+        result = _result(request, slot, outcome=done.outcome, message=done.message, watermark=done.watermark)
     except DsexportError as e:
-        result = DatasetResult(
-            **names,
-            outcome=Outcome.failed,
-            message=str(e),
-            reason=e.reason,
-            transient=e.transient,
-            **_slot_fields(slot),
-        )
+        result = _result(request, slot, outcome=Outcome.failed, message=str(e), reason=e.reason, transient=e.transient)
     result = result.model_copy(update={"seconds": time.monotonic() - started})
     _log_result(result)
     return result
 
 
-def _slot_fields(slot: Slot | None) -> dict[str, str]:
-    return {"export_time": slot.export_time, "folder": slot.folder} if slot is not None else {}
+def _result(request: ExportRequest, slot: Slot | None, **fields: Any) -> DatasetResult:
+    where = {"export_time": slot.export_time, "folder": slot.folder} if slot is not None else {}
+    return DatasetResult(
+        dataset_export=request.dataset_export,
+        dataset=request.dataset.metadata.name,
+        dataset_id=request.dataset.dataset_id,
+        **where,
+        **fields,
+    )
 
 
 def _export(
-    request: ExportRequest,
-    transport: Transport,
-    slot: Slot,
-    on_records: Callable[[int], None] | None,
-    *,
-    started: float,
+    request: ExportRequest, transport: Transport, slot: Slot, on_records: Callable[[int], None] | None
 ) -> DatasetResult:
     recovered = recover(request, transport=transport, slot=slot)
     selection = select(request, recovered)
@@ -175,19 +164,15 @@ def _export(
     manifest = build_manifest(request, slot=slot, recovered=recovered, selection=selection, written=written)
     commit.commit(transport, slot.folder, manifest)
     _log("commit", request, slot, records=manifest.records, bytes=manifest.bytes, files=len(manifest.files))
-    return DatasetResult(
-        dataset_export=request.dataset_export,
-        dataset=request.dataset.metadata.name,
-        dataset_id=request.dataset.dataset_id,
+    return _result(
+        request,
+        slot,
         outcome=Outcome.exported,
-        export_time=slot.export_time,
-        folder=slot.folder,
         records=manifest.records,
         bytes=manifest.bytes,
         files=len(manifest.files),
         watermark=manifest.watermark,
         message=_describe(request, backfill=recovered.previous_state is None),
-        seconds=time.monotonic() - started,
     )
 
 
