@@ -45,6 +45,20 @@ def test_run_text_summary_and_failure_exit(tmp_path: Path) -> None:
     assert "error: flow/events: cannot list source" in err
 
 
+def test_a_run_before_the_first_slot_gets_cli_advice(tmp_path: Path) -> None:
+    """The engine's message is the same in a pod; only the CLI knows the flag that changes the run's time."""
+    flow = flow_yaml(tmp_path, source=tmp_path, dest=tmp_path / "dest")
+    code, _, err = invoke("run", "-f", str(flow), "--at", "2026-10-01T00:00:00Z")
+    assert code == 1
+    assert err.strip().endswith(
+        "the schedule's first slot is 2026-11-01T00:00Z; exports start there; pass --at on or after it"
+    )
+    code, out, _ = invoke("run", "-f", str(flow), "--at", "2026-10-01T00:00:00Z", "-o", "json")
+    [result] = json.loads(out)["results"]
+    assert (result["reason"], result["transient"]) == ("BeforeFirstSlot", False)
+    assert "--at" not in result["message"]
+
+
 def test_at_without_time_zone_is_refused(tmp_path: Path) -> None:
     flow = flow_yaml(tmp_path, source=tmp_path, dest=tmp_path / "dest")
     code, _, err = invoke("run", "-f", str(flow), "--at", "2026-12-01T10:00:00")
