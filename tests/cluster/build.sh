@@ -11,8 +11,9 @@ cache="${DSEXPORT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dsexport}"
 # version_of MODULE_DIR MODULE: the version go.mod requires.
 version_of() { (cd "$1" && go list -m -f '{{.Version}}' "$2"); }
 
-# key_of MODULE_DIR: version pins plus a hash of go.sum, so any change of a dependency rebuilds.
-key_of() { sha256sum "$1/go.mod" "$1/go.sum" | sha256sum | cut -c1-12; }
+# key_of MODULE_DIR: a hash of the contents of go.mod and go.sum (never their paths, so a clone in another folder,
+# as CI's is, finds the same binaries), so any change of a pin or a dependency rebuilds.
+key_of() { cat "$1/go.mod" "$1/go.sum" | sha256sum | cut -c1-12; }
 
 export CGO_ENABLED=0 GOFLAGS=-trimpath
 
@@ -52,7 +53,7 @@ build "$helm_dir" "$helm_bin/helm" helm.sh/helm/v3/cmd/helm \
     "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
 
 # One folder for the callers: symlinks into the per-version folders.
-all="$cache/bin/set-$(echo "$bin $etcd_bin $helm_bin" | sha256sum | cut -c1-12)"
+all="$cache/bin/set-$(echo "$bin $etcd_bin $helm_bin" | sha256sum | cut -c1-12)"  # cache paths only: same in any clone
 if [[ ! -d "$all" ]]; then
     mkdir -p "$all.tmp.$$"
     for f in "$bin"/* "$etcd_bin/etcd" "$helm_bin/helm"; do ln -s "$f" "$all.tmp.$$/$(basename "$f")"; done

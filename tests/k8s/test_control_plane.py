@@ -99,3 +99,18 @@ def test_make_cluster_and_cluster_down(control_plane: ControlPlane, tmp_path: Pa
     subprocess.run([sys.executable, "-m", "tests.cluster", "down", "--dir", str(state)], check=True, cwd=REPO, env=env)
     wait_until(lambda: all(exited(p) for p in pids), timeout=30, what="make cluster-down to stop everything")
     assert not state.exists()
+
+
+def test_a_clone_in_another_folder_reuses_the_built_binaries(tmp_path: Path) -> None:
+    """The cache is keyed on the pinned modules' contents, not on where the checkout is (CI clones elsewhere)."""
+    here = subprocess.run(
+        ["bash", str(REPO / "tests/cluster/build.sh")], capture_output=True, text=True, check=True, timeout=3600
+    )
+    elsewhere = tmp_path / "clone" / "tests" / "cluster"
+    elsewhere.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-r", str(REPO / "tests/cluster"), str(elsewhere)], check=True)
+    there = subprocess.run(
+        ["bash", str(elsewhere / "build.sh")], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert there.stdout == here.stdout
+    assert "building" not in there.stderr
