@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test check lint typecheck unit crds bench bench-upload clean cluster cluster-down cluster-bin test-servers
+.PHONY: demo test check lint typecheck unit crds bench bench-upload clean cluster cluster-down cluster-bin test-servers image
 
 $(VENV)/.stamp: requirements/runtime.txt requirements/dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,13 +31,19 @@ check: lint typecheck
 	$(BIN)/pytest tests/unit tests/local tests/guarantees -m "not slow" $(PYTEST_ARGS)
 
 # The control plane binaries are built (or found in the cache) before pytest, so no test waits on a compiler.
-test: lint typecheck cluster-bin test-servers
+test: lint typecheck cluster-bin test-servers image
 	DSEXPORT_K8S_BIN="$$(bash tests/cluster/build.sh)" $(BIN)/pytest $(PYTEST_ARGS)
 
 # etcd, kube-apiserver, kube-controller-manager, kubectl and helm from the pinned Go modules in tests/cluster/build,
 # cached outside the checkout (see docs/test-cluster.md).
 cluster-bin:
 	bash tests/cluster/build.sh
+
+# The product's image, dsexport:<version> and dsexport:dev, with podman; rebuilt only when its inputs change.
+# IMAGE=registry.example/dsexport names it for a registry; BASE=python:3.11-slim uses a base from a registry
+# instead of the Debian one made here with mmdebstrap (see tests/image/build.sh).
+image: test-servers
+	bash tests/image/build.sh
 
 # System packages and npm servers the destination tests run against (idempotent; quick when already there).
 test-servers:

@@ -11,6 +11,8 @@
 #     a root-only file. Each test run gets its own chroot under $SFTP_BASE, so runs never see each other's files.
 #       dsexport-sftp        password or key; its login folder is the destination root
 #       dsexport-sftp-nodir  same credentials, but its chroot folder is missing (the "missing root" case)
+#   - podman, runc, mmdebstrap and skopeo (Debian packages) for `make image`, which builds the product's image
+#     without a registry (tests/image/build.sh).
 #   - Azurite (npm), pinned by tests/servers/azurite/package-lock.json, into a cache folder outside the checkout
 #     keyed by version, since CI clones afresh but keeps the machine.
 set -euo pipefail
@@ -43,6 +45,14 @@ if [ ! -s "$sftp_base/password" ] || [ "$new_user" = 1 ]; then
   printf 'dsexport-sftp:%s\ndsexport-sftp-nodir:%s\n' "$password" "$password" | chpasswd
   printf '%s' "$password" >"$sftp_base/password.new"
   mv "$sftp_base/password.new" "$sftp_base/password"
+fi
+
+# --------------------------------------------------------------------------------------- image building
+if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v runc >/dev/null \
+  || ! command -v skopeo >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    podman runc mmdebstrap skopeo catatonit uidmap fuse-overlayfs >/dev/null
 fi
 
 # -------------------------------------------------------------------------------------------- Azurite
