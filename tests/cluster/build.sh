@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the test control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, helm) from the pinned Go
-# modules under tests/cluster/build/, into a cache outside the checkout keyed by the version and the go.sum, so a
-# fresh clone on the same machine reuses the binaries and a new machine (or a new pin) rebuilds them.
+# Builds the test cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl, helm)
+# from the pinned Go modules under tests/cluster/build/, into a cache outside the checkout keyed by the version and
+# the go.sum, so a fresh clone on the same machine reuses the binaries and a new machine (or a new pin) rebuilds
+# them. kubelet and kube-scheduler are built for the real node, which make cluster does not start yet.
 # Prints the folder that holds the binaries.
 set -euo pipefail
 
@@ -37,7 +38,7 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     kv+=" -X $p.gitVersion=$kube_version -X $p.gitMajor=1 -X $p.gitMinor=$minor"
     kv+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
 done
-for tool in kube-apiserver kube-controller-manager kubectl; do
+for tool in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
     build "$kube_dir" "$bin/$tool" "k8s.io/kubernetes/cmd/$tool" "-s -w$kv"
 done
 

@@ -114,3 +114,12 @@ def test_a_clone_in_another_folder_reuses_the_built_binaries(tmp_path: Path) -> 
     )
     assert there.stdout == here.stdout
     assert "building" not in there.stderr
+
+
+def test_the_node_components_come_from_the_same_pinned_release(control_plane: ControlPlane) -> None:
+    def version(tool: str) -> str:
+        return subprocess.run(
+            [str(control_plane.bin / tool), "--version"], capture_output=True, text=True, check=True, timeout=60
+        ).stdout.strip()
+
+    assert version("kubelet") == version("kube-scheduler") == version("kube-apiserver") == "Kubernetes v1.36.3"
