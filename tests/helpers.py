@@ -14,8 +14,11 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import yaml
 
+from dsexport.api import loader
+from dsexport.cli import local
 from dsexport.destinations import Transport, join
 from dsexport.destinations.filesystem import FilesystemTransport
+from dsexport.engine import DatasetResult
 
 START = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 
@@ -89,6 +92,12 @@ def flow_yaml(
     path = tmp / "flow.yaml"
     path.write_text(yaml.safe_dump_all(docs))
     return path
+
+
+def run_local(flow: Path, at: dt.datetime, *, resets: tuple[str, ...] = ()) -> list[DatasetResult]:
+    """Every DatasetExport in ``flow`` once, in this process, as ``dsexport run --at`` would run them."""
+    bundle = loader.load_files([flow])
+    return local.run(bundle, local.requests(bundle, at=at, resets=resets))
 
 
 def _transport(dest: Path | Transport) -> Transport:

@@ -13,9 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from examples import sample
 from tests.helpers import START, committed, flow_yaml, read_committed_ids, source_ids
+from tests.helpers import run_local as run
 
-from dsexport.api import loader
-from dsexport.cli import local
 from dsexport.engine import DatasetResult, Outcome
 from dsexport.engine.exporter import run_id
 
@@ -24,11 +23,6 @@ T0 = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)  # slot 2026-12-01 00:00 (hou
 
 def first_run_id(result: DatasetResult) -> str:
     return run_id("flow", result.dataset_id, str(result.export_time))
-
-
-def run(flow: Path, at: dt.datetime, resets: tuple[str, ...] = ()) -> list[DatasetResult]:
-    bundle = loader.load_files([flow])
-    return local.run(bundle, local.requests(bundle, at=at, resets=resets))
 
 
 @pytest.fixture

@@ -14,26 +14,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from examples import sample
 from tests.helpers import START, flow_yaml
+from tests.helpers import run_local as run
 
-from dsexport.api import loader
-from dsexport.cli import local
-from dsexport.engine import DatasetResult, Outcome
+from dsexport.engine import Outcome
 
 AT = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)
 LATER = AT + dt.timedelta(hours=3)
-
-
-def run(flow: Path, at: dt.datetime) -> DatasetResult:
-    bundle = loader.load_files([flow])
-    [result] = local.run(bundle, local.requests(bundle, at=at))
-    return result
 
 
 def test_a_column_whose_type_changed_incompatibly_is_a_permanent_source_failure(tmp_path: Path) -> None:
     (tmp_path / "lake").mkdir()
     pq.write_table(pa.table({"_id": [1], "v": [1]}), tmp_path / "lake" / "a.parquet")
     pq.write_table(pa.table({"_id": [2], "v": ["x"]}), tmp_path / "lake" / "b.parquet")
-    result = run(flow_yaml(tmp_path, source=tmp_path / "lake", dest=tmp_path / "dest"), AT)
+    [result] = run(flow_yaml(tmp_path, source=tmp_path / "lake", dest=tmp_path / "dest"), AT)
     assert result.outcome == Outcome.failed
     assert (result.reason, result.transient) == ("SourceFailed", False)
     assert "Field v has incompatible types: int64 vs string" in result.message
@@ -43,9 +36,10 @@ def test_a_column_whose_type_changed_incompatibly_is_a_permanent_source_failure(
 def test_changing_the_strategy_asks_for_a_reset(tmp_path: Path) -> None:
     src, dest = tmp_path / "lake", tmp_path / "dest"
     sample.write_files(src, files=1, rows_per_file=100, seed=1, start=START)
-    assert run(flow_yaml(tmp_path, source=src, dest=dest), AT).outcome == Outcome.exported
+    [first] = run(flow_yaml(tmp_path, source=src, dest=dest), AT)
+    assert first.outcome == Outcome.exported
     column = flow_yaml(tmp_path, source=src, dest=dest, strategy="column", column="ingested_at")
-    result = run(column, LATER)
+    [result] = run(column, LATER)
     assert result.outcome == Outcome.failed
     assert (result.reason, result.transient) == ("InvalidSpec", False)
     assert result.message == (
@@ -57,7 +51,7 @@ def test_changing_the_strategy_asks_for_a_reset(tmp_path: Path) -> None:
 def test_a_missing_cursor_column_names_the_columns(tmp_path: Path) -> None:
     src = tmp_path / "lake"
     sample.write_files(src, files=1, rows_per_file=100, seed=1, start=START)
-    result = run(flow_yaml(tmp_path, source=src, dest=tmp_path / "dest", strategy="column", column="nope"), AT)
+    [result] = run(flow_yaml(tmp_path, source=src, dest=tmp_path / "dest", strategy="column", column="nope"), AT)
     assert result.outcome == Outcome.failed and result.reason == "InvalidSpec"
     assert result.message.startswith("cursor column 'nope' is not in the dataset (columns: _id, ")
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 from examples import sample
 from tests.helpers import START, flow_yaml
+from tests.helpers import run_local as run
 
-from dsexport.api import loader
-from dsexport.cli import local
 from dsexport.destinations import AlreadyExistsError, join
 from dsexport.destinations.filesystem import FilesystemTransport
-from dsexport.engine import DatasetResult, Outcome, commit
+from dsexport.engine import Outcome, commit
 from dsexport.engine import manifest as manifests
 from dsexport.engine.manifest import FilesState, Manifest
 from dsexport.errors import StateError
@@ -35,11 +34,6 @@ def exported(tmp_path: Path) -> tuple[Path, Path]:
     [result] = run(flow, AT)
     assert result.outcome == Outcome.exported, result.message
     return flow, dest
-
-
-def run(flow: Path, at: dt.datetime) -> list[DatasetResult]:
-    bundle = loader.load_files([flow])
-    return local.run(bundle, local.requests(bundle, at=at))
 
 
 def manifest_path(dest: Path, slot: str = SLOT) -> Path:
