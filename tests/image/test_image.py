@@ -22,6 +22,7 @@ from tests.helpers import START, flow_yaml, read_committed_ids, source_ids
 
 REPO = Path(__file__).resolve().parents[2]
 UID = 65532
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 HARDENED = ["--network=none", "--read-only", f"--user={UID}", "--cap-drop=ALL", "--security-opt=no-new-privileges"]
 
 
@@ -56,8 +57,7 @@ def test_make_image_is_cached_and_tags_the_version(image: str) -> None:
     )
     assert again.stdout.strip() == image
     assert "building" not in again.stderr
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    tagged = podman("image", "inspect", "--format", "{{.Id}}", f"dsexport:{version}")
+    tagged = podman("image", "inspect", "--format", "{{.Id}}", f"dsexport:{VERSION}")
     assert tagged.stdout.strip() == image
 
 
@@ -68,10 +68,7 @@ def test_the_image_runs_as_a_numeric_non_root_user_with_oci_labels(image: str) -
     assert config["Entrypoint"] == ["dsexport"]
     labels = config["Labels"]
     assert labels["org.opencontainers.image.title"] == "dsexport"
-    assert (
-        labels["org.opencontainers.image.version"]
-        == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    )
+    assert labels["org.opencontainers.image.version"] == VERSION
     ran = podman("run", "--rm", *HARDENED, image, "--version")
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.startswith("dsexport, version ")

@@ -78,6 +78,7 @@ class Slot:
     prefix: str  # FOLDER/DATASET_ID
     folder: str  # FOLDER/DATASET_ID/exportTime=...
     where: str  # for messages: the destination and the prefix
+    run_id: str  # in every part's name, the same for every attempt of this slot
 
     @classmethod
     def of(cls, request: ExportRequest, transport: Transport) -> Slot:
@@ -89,6 +90,7 @@ class Slot:
             prefix=prefix,
             folder=commit.slot_folder(folder, dataset_id, export_time),
             where=f"{transport.describe()}/{prefix}",
+            run_id=run_id(request.dataset_export, dataset_id, export_time),
         )
 
 
@@ -262,7 +264,7 @@ def write(
         fmt=request.destination.spec.format,
         transport=transport,
         folder=slot.folder,
-        run_id=run_id(request.dataset_export, request.dataset.dataset_id, slot.export_time),
+        run_id=slot.run_id,
         on_batch=on_records,
     )
     _log("write", request, slot, files=len(parts), records=sum(p.records for p in parts))
@@ -288,7 +290,7 @@ def build_manifest(
         dataset=request.dataset.metadata.name,
         dataset_id=request.dataset.dataset_id,
         export_time=slot.export_time,
-        run_id=run_id(request.dataset_export, request.dataset.dataset_id, slot.export_time),
+        run_id=slot.run_id,
         sequence=latest.sequence + 1 if latest else 1,
         mode=request.mode.value,
         backfill=recovered.previous_state is None,
