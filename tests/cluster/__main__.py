@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.cluster.control_plane import ControlPlane, binaries, stop_recorded
+from tests.cluster.cluster import Cluster, stop_recorded
+from tests.cluster.control_plane import binaries
+from tests.cluster.node import NodeError, mounts_under
 from tests.servers import ServerError
 
 
@@ -23,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root: Path = args.dir.resolve()
     stopped = stop_recorded(root)
+    if mounts := mounts_under(root):  # never delete through a mount (a pod's volume, a container's root)
+        print(f"still mounted below {root}: {', '.join(mounts)}", file=sys.stderr)
+        return 1
     if args.command == "down":
         print(f"stopped {', '.join(stopped)}" if stopped else "no cluster was running", file=sys.stderr)
         shutil.rmtree(root, ignore_errors=True)
@@ -31,19 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     bin_dir = binaries()
     built = time.monotonic()
-    cp = ControlPlane(root=root, bin=bin_dir, die_with_parent=False)
+    cluster = Cluster(root=root, bin=bin_dir, die_with_parent=False)
     try:
-        cp.start()
-    except (ServerError, TimeoutError) as e:
+        cluster.start()
+    except (ServerError, TimeoutError, NodeError) as e:
         print(f"cluster did not start: {e}", file=sys.stderr)
         return 1
     ready = time.monotonic()
     print(
-        f"control plane ready in {ready - built:.1f} s (binaries {built - started:.1f} s); "
+        f"control plane and node {cluster.net and cluster.net.node_name} ready in {ready - built:.1f} s "
+        f"(binaries {built - started:.1f} s); pods reach this machine at {cluster.node_ip}; "
         f"kubectl of the same release: {bin_dir / 'kubectl'}; stop it with make cluster-down",
         file=sys.stderr,
     )
-    print(cp.kubeconfig)
+    print(cluster.kubeconfig)
     return 0
 
 

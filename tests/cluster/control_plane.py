@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -33,6 +35,15 @@ CONTROLLERS = (
     "serviceaccount-controller",
     "serviceaccount-token-controller",
     "root-ca-certificate-publisher-controller",
+    # what a node and its workloads need
+    "deployment-controller",
+    "replicaset-controller",
+    "node-lifecycle-controller",  # removes the not-ready taint every new Node starts with
+    "taint-eviction-controller",
+    "pod-garbage-collector-controller",
+    "ttl-after-finished-controller",
+    "endpointslice-controller",
+    "clusterrole-aggregation-controller",  # so that view, edit and admin aggregate the product's roles
 )
 
 
@@ -44,10 +55,10 @@ def binaries() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def _https_get(port: int, path: str, pki: Path, *, client: str = "admin") -> tuple[int, str]:
+def _https_get(host: str, port: int, path: str, pki: Path, *, client: str = "admin") -> tuple[int, str]:
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / f"{client}.crt"), str(pki / f"{client}.key"))
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=5)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -56,9 +67,9 @@ def _https_get(port: int, path: str, pki: Path, *, client: str = "admin") -> tup
         conn.close()
 
 
-def _ok(port: int, path: str, pki: Path) -> bool:
+def _ok(host: str, port: int, path: str, pki: Path) -> bool:
     try:
-        status, body = _https_get(port, path, pki)
+        status, body = _https_get(host, port, path, pki)
     except (OSError, http.client.HTTPException):
         return False
     return status == 200 and body.strip() == "ok"
@@ -106,9 +117,20 @@ def write_kubeconfig(path: Path, server: str, pki: Path, user: str) -> None:
 
 @dataclass
 class ControlPlane:
+    """etcd, kube-apiserver and kube-controller-manager; with ``node_name``, also the credentials a node needs.
+
+    The API server listens on ``address``:``port`` (a free port on 127.0.0.1 by default). A cluster with a node
+    serves on its ``kubernetes`` Service IP, port 443, so that pods reach it with their in-cluster configuration
+    and no proxy (see tests/cluster/node.py).
+    """
+
     root: Path
     bin: Path
     die_with_parent: bool = True
+    address: str = "127.0.0.1"
+    port: int = 0
+    service_cidr: str = "10.0.0.0/24"
+    node_name: str | None = None
     servers: list[ProcessServer] = field(default_factory=list)
     api_port: int = 0
 
@@ -117,23 +139,34 @@ class ControlPlane:
         return self.root / "admin.kubeconfig"
 
     @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.address}:{self.api_port}"
 
     def start(self) -> None:
         """Start etcd, then the API server, then the controllers, each waited for; on failure stop what started."""
-        pki, logs = self.root / "pki", self.root / "logs"
+        pki, logs = self.pki, self.root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        make_pki(
-            pki,
-            {
-                "admin": ("dsexport-test-admin", "system:masters"),
-                "controller-manager": ("system:kube-controller-manager", "system:masters"),
-            },
-        )
-        etcd_port, peer_port, self.api_port, kcm_port = free_port(), free_port(), free_port(), free_port()
-        write_kubeconfig(self.kubeconfig, self.server, pki, "admin")
-        write_kubeconfig(self.root / "controller-manager.kubeconfig", self.server, pki, "controller-manager")
+        clients: dict[str, tuple[str, str | None]] = {
+            "admin": ("dsexport-test-admin", "system:masters"),
+            "controller-manager": ("system:kube-controller-manager", "system:masters"),
+            "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
+        }
+        if self.node_name:
+            clients |= {
+                "kubelet": (f"system:node:{self.node_name}", "system:nodes"),
+                "scheduler": ("system:kube-scheduler", None),
+            }
+        service_ip = str(next(ipaddress.ip_network(self.service_cidr).hosts()))
+        make_pki(pki, clients, ips=sorted({self.address, service_ip}))
+        etcd_port, peer_port, kcm_port = free_port(), free_port(), free_port()
+        self.api_port = self.port or free_port()
+        for user in clients:
+            if user != "apiserver-kubelet-client":
+                write_kubeconfig(self.root / f"{user}.kubeconfig", self.server, pki, user)
         etcd = f"http://127.0.0.1:{etcd_port}"
         peer = f"http://127.0.0.1:{peer_port}"
         self.servers = [
@@ -156,8 +189,8 @@ class ControlPlane:
                 "kube-apiserver",
                 [
                     f"--etcd-servers={etcd}",
-                    "--bind-address=127.0.0.1",
-                    "--advertise-address=127.0.0.1",
+                    f"--bind-address={self.address}",
+                    f"--advertise-address={self.address}",
                     f"--secure-port={self.api_port}",
                     f"--cert-dir={self.root / 'apiserver-certs'}",
                     f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -166,12 +199,19 @@ class ControlPlane:
                     "--service-account-issuer=https://kubernetes.default.svc",
                     f"--service-account-key-file={pki / 'sa.pub'}",
                     f"--service-account-signing-key-file={pki / 'sa.key'}",
-                    "--service-cluster-ip-range=10.0.0.0/24",
-                    "--authorization-mode=RBAC",
+                    f"--service-cluster-ip-range={self.service_cidr}",
+                    "--authorization-mode=Node,RBAC",
+                    "--enable-admission-plugins=NodeRestriction",
+                    f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                    f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                    "--kubelet-preferred-address-types=InternalIP,Hostname",
+                    # webhooks behind a Service are called at the pod's address (there is no kube-proxy), their
+                    # certificate still checked against NAME.NAMESPACE.svc
+                    "--enable-aggregator-routing=true",
                     "--allow-privileged=true",
                     "--profiling=false",
                 ],
-                lambda: _ok(self.api_port, "/readyz", pki),
+                lambda: _ok(self.address, self.api_port, "/readyz", pki),
             ),
             self._server(
                 "kube-controller-manager",
@@ -190,7 +230,7 @@ class ControlPlane:
                     f"--tls-private-key-file={pki / 'apiserver.key'}",
                     "--profiling=false",
                 ],
-                lambda: _ok(kcm_port, "/healthz", pki),
+                lambda: _ok("127.0.0.1", kcm_port, "/healthz", pki),
             ),
         ]
         try:
@@ -236,9 +276,16 @@ def stop_recorded(root: Path, timeout: float = 20.0) -> list[str]:
     state_file = root / "state.json"
     if not state_file.exists():
         return []
-    state = json.loads(state_file.read_text())
+    stopped = stop_processes(json.loads(state_file.read_text())["processes"], timeout=timeout)
+    state_file.unlink()
+    return stopped
+
+
+def stop_processes(processes: list[dict[str, Any]], *, timeout: float) -> list[str]:
+    """SIGTERM each recorded process group, last started first, then SIGKILL after ``timeout``; a pid that now runs
+    another binary is not ours any more and is left alone."""
     stopped: list[str] = []
-    for p in reversed(state["processes"]):  # controllers first, etcd last, as a graceful shutdown needs
+    for p in reversed(processes):  # controllers first, etcd last, as a graceful shutdown needs
         pid = int(p["pid"])
         try:
             exe = Path(f"/proc/{pid}/exe").readlink()
@@ -254,7 +301,6 @@ def stop_recorded(root: Path, timeout: float = 20.0) -> list[str]:
         if not exited(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-    state_file.unlink()
     return stopped
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -54,8 +55,12 @@ def _write(path: Path, cert: x509.Certificate, key: _Key) -> None:
     key_file.chmod(0o600)
 
 
-def make_pki(folder: Path, clients: dict[str, tuple[str, str | None]]) -> None:
-    """Write ca, apiserver, service-account and one client pair per entry ``file: (user, group)`` into folder."""
+def make_pki(folder: Path, clients: dict[str, tuple[str, str | None]], *, ips: Sequence[str] = ()) -> None:
+    """Write ca, apiserver, service-account and one client pair per entry ``file: (user, group)`` into folder.
+
+    The API server's certificate names 127.0.0.1, ``ips`` (where it listens, the ``kubernetes`` Service IP) and
+    the Service's DNS names.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, ca_name = _key(), _name("dsexport-test-ca")
     ca = (
@@ -87,9 +92,10 @@ def make_pki(folder: Path, clients: dict[str, tuple[str, str | None]]) -> None:
         _write(folder / file, builder.sign(ca_key, hashes.SHA256()), key)
 
     sans: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in sorted({"127.0.0.1", *ips})),
         x509.DNSName("localhost"),
+        x509.DNSName("kubernetes"),
+        x509.DNSName("kubernetes.default"),
         x509.DNSName("kubernetes.default.svc"),
     ]
     issue("apiserver", "kube-apiserver", None, ExtendedKeyUsageOID.SERVER_AUTH, sans)
@@ -101,3 +107,22 @@ def make_pki(folder: Path, clients: dict[str, tuple[str, str | None]]) -> None:
     (folder / "sa.pub").write_bytes(
         sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
+
+
+def serving_certificate(dns_names: Sequence[str]) -> tuple[bytes, bytes, bytes]:
+    """A throwaway CA and a server certificate it signed for ``dns_names``: (ca, cert, key) as PEM."""
+    ca_key, ca_name = _key(), _name("dsexport-test-webhook-ca")
+    ca = (
+        _builder(ca_name, ca_name, ca_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = _key()
+    cert = (
+        _builder(_name(dns_names[0]), ca_name, key)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    return ca.public_bytes(pem), cert.public_bytes(pem), _pem(key)

@@ -1,23 +1,30 @@
-"""One real control plane per test session, shared by every test that asks for it (and started only then)."""
+"""One real cluster per test session (control plane and a real node), shared by every test that asks for it."""
 
 from __future__ import annotations
 
-import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
+from tests.cluster.cluster import Cluster
 from tests.cluster.control_plane import ControlPlane, binaries
-from tests.cluster.node_agent import NodeAgent
+from tests.servers import wait_until
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    cp = ControlPlane(root=tmp_path_factory.mktemp("cluster"), bin=binaries())
-    cp.start()
-    yield cp
-    cp.stop()
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(root=tmp_path_factory.mktemp("cluster"), bin=binaries())
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane(cluster: Cluster) -> ControlPlane:
+    assert cluster.control_plane is not None
+    return cluster.control_plane
 
 
 @pytest.fixture(scope="session")
@@ -30,14 +37,22 @@ def kubeconfig(control_plane: ControlPlane) -> Path:
     return control_plane.kubeconfig
 
 
-@pytest.fixture(scope="session")
-def node_agent(api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
-    """One agent for the session, as a cluster has its kubelet all along (two would race for the same pods).
+def create_namespace(api: client.ApiClient, prefix: str = "t") -> str:
+    """A fresh namespace, returned once its default service account exists (pods are refused before that)."""
+    core = client.CoreV1Api(api)
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
 
-    ``python`` and ``dsexport`` resolve to this virtualenv; the image's ENTRYPOINT is ``dsexport``, so pods that
-    give only ``args`` run it. The heartbeat is fast so that its test is.
-    """
-    python = sys.executable
-    entrypoints = {"python": [python], "dsexport": [str(Path(python).with_name("dsexport"))]}
-    with NodeAgent(api, tmp_path_factory.mktemp("node-agent"), heartbeat_seconds=2.0, entrypoints=entrypoints) as agent:
-        yield agent
+    def has_default_sa() -> bool:
+        return any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items)
+
+    wait_until(has_default_sa, timeout=30, what=f"the default service account of {name}")
+    return name
+
+
+@pytest.fixture
+def pod_namespace(api: client.ApiClient, cluster: Cluster) -> Iterator[str]:
+    """A namespace for pods on the real node; deleted afterwards without waiting."""
+    name = create_namespace(api, "pods")
+    yield name
+    client.CoreV1Api(api).delete_namespace(name, grace_period_seconds=0)

@@ -11,6 +11,7 @@ from examples import sample
 from tests.helpers import START, flow_yaml
 
 from dsexport.cli import main
+from dsexport.engine import RunResult
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
@@ -145,3 +146,42 @@ def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
     code, _, err = invoke("validate", "-f", str(flow))
     assert code == 2
     assert "not valid YAML" in err
+
+
+def _secret_volume(folder: Path, name: str, values: dict[str, str]) -> None:
+    """A Secret laid out as the kubelet mounts one: files in a hidden ``..data`` folder, one link per key."""
+    data = folder / name / "..2026_12_01_09_30_00.000000001"
+    data.mkdir(parents=True)
+    (folder / name / "..data").symlink_to(data.name)
+    for key, value in values.items():
+        (data / key).write_text(value)
+        (folder / name / key).symlink_to(f"..data/{key}")
+
+
+def test_secrets_mounted_as_files_are_used_and_never_echoed(tmp_path: Path) -> None:
+    destination = {"type": "sftp", "sftp": {"host": "127.0.0.1", "port": 1, "username": "u", "knownHosts": "x"}}
+    destination["credentialsSecretRef"] = {"name": "sftp-creds"}
+    flow = flow_yaml(tmp_path, source=tmp_path / "lake", destination=destination, secrets={})
+    code, _, err = invoke("validate", "-f", str(flow))
+    assert code == 2 and "Secret 'sftp-creds' not found" in err
+
+    mounted = tmp_path / "secrets"
+    _secret_volume(mounted, "sftp-creds", {"password": "hunter2-from-a-file"})
+    code, _, err = invoke("validate", "-f", str(flow), "--secrets-dir", str(mounted))
+    assert (code, err) == (0, "")
+
+    (mounted / "sftp-creds" / "..data" / "bad").write_bytes(b"\xffhunter3")
+    (mounted / "sftp-creds" / "bad").symlink_to("..data/bad")
+    code, _, err = invoke("validate", "-f", str(flow), "--secrets-dir", str(mounted))
+    assert code == 2 and "sftp-creds/bad: not UTF-8 text" in err and "hunter" not in err
+
+
+def test_result_file_holds_the_run_result(tmp_path: Path) -> None:
+    src = tmp_path / "lake"
+    sample.write_files(src, files=1, rows_per_file=50, seed=1, start=START)
+    flow = flow_yaml(tmp_path, source=src, dest=tmp_path / "dest")
+    result_file = tmp_path / "termination-log"
+    code, _, _ = invoke("run", "-f", str(flow), "--at", "2026-12-01T10:00:00Z", "--result-file", str(result_file))
+    assert code == 0
+    [result] = RunResult.parse(result_file.read_text(), origin=str(result_file)).results
+    assert (result.outcome, result.records) == ("exported", 50)

@@ -66,3 +66,33 @@ def test_json_form_is_camel_case_versioned_and_round_trips() -> None:
 def test_anything_else_read_back_is_refused_with_a_clear_error(text: str, expected: str) -> None:
     with pytest.raises(StateError, match=rf"^pod/x is not a dsexport RunResult version 1 \({expected}"):
         RunResult.parse(text, origin="pod/x")
+
+
+def test_termination_message_is_the_whole_result_when_it_fits() -> None:
+    report = RunResult(at=AT, results=[exported()])
+    message = report.termination_message()
+    assert RunResult.parse(message, origin="pod").to_json_dict() == report.to_json_dict()
+    assert " " not in message.replace("full backfill", "")  # compact: the kubelet keeps 4 KiB
+
+
+def test_termination_message_shortens_messages_then_counts_what_it_leaves_out() -> None:
+    long_failure = DatasetResult(
+        dataset_export="daily",
+        dataset="orders",
+        dataset_id="orders",
+        outcome=Outcome.failed,
+        message="x" * 5000,
+        reason="SourceError",
+        transient=False,
+    )
+    shortened = RunResult.parse(RunResult(at=AT, results=[long_failure]).termination_message(), origin="pod")
+    assert shortened.omitted == 0 and not shortened.ok
+    assert shortened.results[0].message == "x" * 160 and shortened.results[0].reason == "SourceError"
+
+    many = RunResult(at=AT, results=[exported().model_copy(update={"dataset": f"d{i}"}) for i in range(40)])
+    message = many.termination_message()
+    assert len(message.encode()) <= 4096
+    partial = RunResult.parse(message, origin="pod")
+    assert 0 < len(partial.results) < 40
+    assert partial.omitted == 40 - len(partial.results)
+    assert [r.dataset for r in partial.results] == [f"d{i}" for i in range(len(partial.results))]

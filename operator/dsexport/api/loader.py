@@ -62,9 +62,12 @@ def _secret_values(doc: Mapping[str, Any], where: str) -> dict[str, str]:
     return values
 
 
-def parse_documents(docs: Iterable[tuple[str, Any]]) -> Bundle:
-    """Validate every document (collecting all errors, not just the first) and check references."""
-    bundle = Bundle()
+def parse_documents(docs: Iterable[tuple[str, Any]], *, secrets: Mapping[str, dict[str, str]] | None = None) -> Bundle:
+    """Validate every document (collecting all errors, not just the first) and check references.
+
+    ``secrets`` are Secrets read elsewhere (mounted folders); a document may not define one of them again.
+    """
+    bundle = Bundle(secrets=dict(secrets or {}))
     problems: list[str] = []
     for origin, doc in docs:
         if doc is None:
@@ -76,6 +79,9 @@ def parse_documents(docs: Iterable[tuple[str, Any]]) -> Bundle:
         name = (doc.get("metadata") or {}).get("name", "?")
         where = f"{kind}/{name} ({origin})"
         if kind == "Secret" and doc.get("apiVersion") == "v1":
+            if str(name) in bundle.secrets:
+                problems.append(f"{where}: defined twice")
+                continue
             try:
                 bundle.secrets[str(name)] = _secret_values(doc, where)
             except ManifestError as e:
@@ -126,8 +132,38 @@ def _reference_problems(bundle: Bundle) -> list[str]:
     return problems
 
 
-def load_files(paths: Iterable[str | Path]) -> Bundle:
-    """Read multi-document YAML files; ``-`` is not supported on purpose: runs must be reproducible."""
+def load_secret_folders(folders: Iterable[str | Path]) -> dict[str, dict[str, str]]:
+    """Secrets mounted as files, the way a pod gets them: ``FOLDER/NAME/KEY`` holds key KEY of Secret NAME.
+
+    Entries starting with a dot are skipped: a Secret volume keeps its real files in ``..data`` and links each key
+    to them, so the keys are the links.
+    """
+    secrets: dict[str, dict[str, str]] = {}
+    for folder in map(Path, folders):
+        try:
+            entries = sorted(e for e in folder.iterdir() if not e.name.startswith(".") and e.is_dir())
+        except OSError as e:
+            raise ManifestError(f"{folder}: cannot read the Secrets folder: {e.strerror}") from None
+        for entry in entries:
+            if entry.name in secrets:
+                raise ManifestError(f"{entry}: Secret {entry.name!r} is mounted twice")
+            values: dict[str, str] = {}
+            for key in sorted(k for k in entry.iterdir() if not k.name.startswith(".") and k.is_file()):
+                try:
+                    values[key.name] = key.read_text(encoding="utf-8")
+                except OSError as e:
+                    raise ManifestError(f"{key}: cannot read: {e.strerror}") from None
+                except UnicodeDecodeError:
+                    raise ManifestError(f"{key}: not UTF-8 text") from None  # never the value: it is a secret
+            secrets[entry.name] = values
+    return secrets
+
+
+def load_files(paths: Iterable[str | Path], *, secret_folders: Iterable[str | Path] = ()) -> Bundle:
+    """Read multi-document YAML files; ``-`` is not supported on purpose: runs must be reproducible.
+
+    ``secret_folders`` add Secrets mounted as files (see ``load_secret_folders``)."""
+    secrets = load_secret_folders(secret_folders)
     docs: list[tuple[str, Any]] = []
     for path in paths:
         p = Path(path)
@@ -139,4 +175,4 @@ def load_files(paths: Iterable[str | Path]) -> Bundle:
             docs.extend((f"{p}#{i + 1}", d) for i, d in enumerate(yaml.safe_load_all(text)))
         except yaml.YAMLError as e:
             raise ManifestError(f"{p}: not valid YAML: {e}") from e
-    return parse_documents(docs)
+    return parse_documents(docs, secrets=secrets)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -30,6 +31,15 @@ _files_option = click.option(
 )
 
 
+_secrets_option = click.option(
+    "--secrets-dir",
+    "secret_folders",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Folder of Secrets mounted as files, DIR/NAME/KEY, as in a pod (repeatable).",
+)
+
+
 def _parse_at(value: str | None) -> dt.datetime:
     if value is None:
         return dt.datetime.now(dt.UTC)
@@ -42,9 +52,9 @@ def _parse_at(value: str | None) -> dt.datetime:
     return parsed.astimezone(dt.UTC)
 
 
-def _load(files: Sequence[str]) -> loader.Bundle:
+def _load(files: Sequence[str], secret_folders: Sequence[str] = ()) -> loader.Bundle:
     try:
-        return loader.load_files(files)
+        return loader.load_files(files, secret_folders=secret_folders)
     except loader.ManifestError as e:
         click.echo(f"error: invalid manifests:\n{e}", err=True)
         raise SystemExit(EXIT_INVALID) from None
@@ -68,9 +78,24 @@ def main(verbose: bool) -> None:
 @click.option("--at", "at", help="Run as if at this RFC 3339 time: picks the slot, i.e. the exportTime folder.")
 @click.option("--reset", "resets", multiple=True, help="Dataset whose next export is a full backfill.")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def run(files: tuple[str, ...], exports: tuple[str, ...], at: str | None, resets: tuple[str, ...], output: str) -> None:
+@click.option(
+    "--result-file",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Also write the result as compact JSON here (in a pod: /dev/termination-log, at most 4 KiB).",
+)
+@_secrets_option
+def run(
+    *,
+    files: tuple[str, ...],
+    exports: tuple[str, ...],
+    at: str | None,
+    resets: tuple[str, ...],
+    output: str,
+    result_file: str | None,
+    secret_folders: tuple[str, ...],
+) -> None:
     """Run the DatasetExports in FILES once and print a summary; exit 1 if any dataset failed."""
-    bundle = _load(files)
+    bundle = _load(files, secret_folders)
     when = _parse_at(at)
     try:
         plan = local.requests(bundle, dataset_exports=exports, at=when, resets=resets)
@@ -83,6 +108,11 @@ def run(files: tuple[str, ...], exports: tuple[str, ...], at: str | None, resets
     else:
         results = local.run(bundle, plan)
     report = RunResult(at=when, results=results)
+    if result_file:
+        try:
+            Path(result_file).write_text(report.termination_message())
+        except OSError as e:
+            click.echo(f"error: cannot write the result to {result_file}: {e.strerror}", err=True)
     if output == "json":
         click.echo(json.dumps(report.to_json_dict(), indent=2))
     else:
@@ -100,9 +130,10 @@ def run(files: tuple[str, ...], exports: tuple[str, ...], at: str | None, resets
 
 @main.command()
 @_files_option
-def validate(files: tuple[str, ...]) -> None:
+@_secrets_option
+def validate(files: tuple[str, ...], secret_folders: tuple[str, ...]) -> None:
     """Check FILES against the same rules as the CRDs (and their references); exit 2 on any problem."""
-    bundle = _load(files)
+    bundle = _load(files, secret_folders)
     counts = f"{len(bundle.datasets)} Dataset(s), {len(bundle.destinations)} Destination(s), "
     click.echo(f"ok: {counts}{len(bundle.dataset_exports)} DatasetExport(s)")
 
@@ -111,9 +142,10 @@ def validate(files: tuple[str, ...]) -> None:
 @_files_option
 @click.option("--destination", "name", required=True, help="The Destination (metadata.name) to test.")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def check(files: tuple[str, ...], name: str, output: str) -> None:
+@_secrets_option
+def check(files: tuple[str, ...], name: str, output: str, secret_folders: tuple[str, ...]) -> None:
     """Test a destination: write, create-only, read back, list and delete a probe; exit 1 if any step fails."""
-    bundle = _load(files)
+    bundle = _load(files, secret_folders)
     destination = bundle.destinations.get(name)
     if destination is None:
         known = ", ".join(sorted(bundle.destinations)) or "none"

@@ -8,6 +8,7 @@ tell a result it understands from one written by another release, and reject any
 from __future__ import annotations
 
 import datetime as dt
+import json
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
@@ -17,6 +18,9 @@ from dsexport.engine.manifest import Model, WatermarkRange
 from dsexport.errors import StateError
 
 RESULT_VERSION: Final = 1
+TERMINATION_MESSAGE_LIMIT: Final = 4096
+"""What the kubelet keeps of a container's termination message."""
+_SHORT_MESSAGE: Final = 160
 
 
 class Outcome(StrEnum):
@@ -58,6 +62,8 @@ class RunResult(Model):
     kind: Literal["RunResult"] = "RunResult"
     at: dt.datetime
     results: list[DatasetResult]
+    # Results left out of a termination message that could not hold them all (0: the list is complete).
+    omitted: Annotated[int, Field(ge=0)] = 0
 
     @property
     def ok(self) -> bool:
@@ -65,6 +71,32 @@ class RunResult(Model):
 
     def to_json_dict(self) -> dict[str, Any]:
         return {**super().to_json_dict(), "ok": self.ok}
+
+    def termination_message(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+        """Compact JSON of at most ``limit`` bytes, for the operator to read from the pod's status.
+
+        When everything does not fit, messages are shortened first (failures keep their reason and transience),
+        then the last results are left out and counted in ``omitted``: the document stays valid and says what
+        it lacks, rather than being cut mid-way by the kubelet.
+        """
+
+        def dump(result: RunResult) -> str:
+            return json.dumps(result.to_json_dict(), separators=(",", ":"))
+
+        text = dump(self)
+        if len(text.encode()) <= limit:
+            return text
+        short = [
+            r.model_copy(update={"message": r.message[:_SHORT_MESSAGE]}) if len(r.message) > _SHORT_MESSAGE else r
+            for r in self.results
+        ]
+        kept = len(short)
+        while True:
+            candidate = self.model_copy(update={"results": short[:kept], "omitted": len(short) - kept})
+            text = dump(candidate)
+            if len(text.encode()) <= limit or kept == 0:
+                return text
+            kept -= 1
 
     @classmethod
     def parse(cls, raw: str | bytes, *, origin: str) -> RunResult:
