@@ -44,8 +44,9 @@ CNI_BIN = Path("/usr/lib/cni")
 RUNC = Path("/usr/sbin/runc")
 CATATONIT = Path("/usr/bin/catatonit")
 PAUSE_IMAGE = "localhost/dsexport-pause:1"
-IMAGE = os.environ.get("DSEXPORT_IMAGE", "dsexport:dev")
-"""The product image the node gets, from the podman storage of ``make image`` (tests/image/build.sh)."""
+IMAGE = f"{os.environ.get('IMAGE', 'dsexport')}:dev"
+"""The product image the node gets: ``make image`` (tests/image/build.sh), which takes the same IMAGE variable."""
+BUILD_IMAGE = Path(__file__).resolve().parents[1] / "image" / "build.sh"
 NODE_STATE = "node.json"
 
 
@@ -214,7 +215,13 @@ def _cache() -> Path:
 
 
 def product_image_archive() -> tuple[Path, str]:
-    """The image of ``make image`` as a docker-archive in the cache, keyed by its image ID; and its name."""
+    """The image of ``make image`` as a docker-archive in the cache, keyed by its image ID; and its name.
+
+    ``make image`` runs first (0.3 s when nothing changed), so the node never runs an image older than the code.
+    """
+    built = subprocess.run(["bash", str(BUILD_IMAGE)], capture_output=True, text=True, check=False)
+    if built.returncode != 0:
+        raise NodeError(f"make image failed:\n{built.stderr[-3000:]}")
     conf = _cache() / "containers"
     env = {
         **os.environ,

@@ -68,8 +68,9 @@ def _ports() -> dict[str, int]:
             return ports | {"admin.port": port, "admin.port.grpc": grpc}
 
 
-def launch(workdir: Path) -> Target:
-    """Start SeaweedFS in ``workdir`` with bucket ``exports`` and one identity allowed everything."""
+def launch(workdir: Path, host: str = "127.0.0.1") -> Target:
+    """Start SeaweedFS in ``workdir`` with bucket ``exports`` and one identity allowed everything, listening on
+    ``host`` (loopback; the node address for pods)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "data").mkdir(exist_ok=True)
     identities = workdir / "identities.json"
@@ -87,13 +88,13 @@ def launch(workdir: Path) -> Target:
         )
     )
     ports = _ports()
-    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    endpoint = f"http://{host}:{ports['s3.port']}"
     argv = [
         str(WEED),
         "mini",
         f"-dir={workdir / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
+        f"-ip={host}",
+        f"-ip.bind={host}",
         f"-s3.config={identities}",
         f"-bucket={BUCKET}",
         "-s3.autoCreateBucket=false",

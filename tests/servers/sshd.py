@@ -80,9 +80,9 @@ def password() -> str:
         raise ServerError(f"no SFTP test password in {SFTP_BASE} ({e.strerror}): {INSTALL_HINT}") from None
 
 
-def known_hosts_line(workdir: Path, port: int) -> str:
+def known_hosts_line(workdir: Path, port: int, host: str = "127.0.0.1") -> str:
     public = (workdir / "ssh_host_ed25519_key.pub").read_text().split()
-    return f"[127.0.0.1]:{port} {public[0]} {public[1]}"
+    return f"[{host}]:{port} {public[0]} {public[1]}"
 
 
 def login_folder(workdir: Path) -> Path:
@@ -90,8 +90,9 @@ def login_folder(workdir: Path) -> Path:
     return workdir / "chroot" / USER
 
 
-def launch(workdir: Path) -> Target:
-    """Start sshd on a free loopback port; the Target logs in as ``dsexport-sftp`` with its password."""
+def launch(workdir: Path, host: str = "127.0.0.1") -> Target:
+    """Start sshd on a free port of ``host`` (loopback; the node address for pods); the Target logs in as
+    ``dsexport-sftp`` with its password."""
     for user in (USER, NODIR_USER):
         try:
             pwd.getpwnam(user)
@@ -122,7 +123,7 @@ def launch(workdir: Path) -> Target:
     config = workdir / "sshd_config"
     config.write_text(
         f"""\
-ListenAddress 127.0.0.1
+ListenAddress {host}
 Port {port}
 HostKey {workdir / "ssh_host_ed25519_key"}
 PidFile none
@@ -151,11 +152,11 @@ Match User {NODIR_USER}
         name="sshd",
         argv=[str(SSHD), "-D", "-e", "-f", str(config)],
         log=workdir / "sshd.log",
-        ready=lambda: port_open(port),
+        ready=lambda: port_open(port, host),
         cwd=workdir,
     )
     server.start()
-    block = {"host": "127.0.0.1", "port": port, "username": USER, "knownHosts": known_hosts_line(workdir, port)}
+    block = {"host": host, "port": port, "username": USER, "knownHosts": known_hosts_line(workdir, port, host)}
     return Target(
         type="sftp",
         block=block,

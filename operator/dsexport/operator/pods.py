@@ -1,0 +1,103 @@
+"""The exporter's pod: what every CronJob and run-now Job the operator creates runs.
+
+One function so that the operator and the tests that run the image on a real node use the same template. The pod
+runs ``dsexport run`` on the flow from a ConfigMap, with each referenced Secret mounted as files (the operator
+never reads them), hardened as a restricted Pod Security profile requires, and reports its RunResult as the
+termination message, which the operator reads back from the pod's status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+CONFIG_MOUNT: Final = "/etc/dsexport"
+FLOW_KEY: Final = "flow.yaml"
+SECRETS_MOUNT: Final = "/var/run/dsexport/secrets"
+TERMINATION_LOG: Final = "/dev/termination-log"
+CONTAINER: Final = "exporter"
+UID: Final = 65532  # the image's USER
+
+
+def exporter_pod_template(  # noqa: PLR0913 - each is a separate choice of the caller
+    *,
+    image: str,
+    config_map: str,
+    secrets: Sequence[str] = (),
+    args: Sequence[str] = (),
+    service_account: str | None = None,
+    image_pull_policy: str = "IfNotPresent",
+    labels: Mapping[str, str] | None = None,
+    resources: Mapping[str, Any] | None = None,
+    volumes: Sequence[Mapping[str, Any]] = (),
+    volume_mounts: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """A pod template (``metadata`` and ``spec``) for one run of the flow in ConfigMap ``config_map``.
+
+    ``args`` are appended to ``dsexport run`` (e.g. ``--export NAME``, ``--reset DATASET``); ``volumes`` and
+    ``volume_mounts`` add what a filesystem Destination or a local-path source needs.
+    """
+    secret_volumes = [
+        {"name": f"secret-{i}", "secret": {"secretName": name, "defaultMode": 0o400}} for i, name in enumerate(secrets)
+    ]
+    secret_mounts = [
+        {"name": f"secret-{i}", "mountPath": f"{SECRETS_MOUNT}/{name}", "readOnly": True}
+        for i, name in enumerate(secrets)
+    ]
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "imagePullPolicy": image_pull_policy,
+        "args": [
+            "run",
+            "--filename",
+            f"{CONFIG_MOUNT}/{FLOW_KEY}",
+            "--secrets-dir",
+            SECRETS_MOUNT,
+            "--result-file",
+            TERMINATION_LOG,
+            "--output",
+            "json",
+            *args,
+        ],
+        "env": [{"name": "DSEXPORT_LOG_FORMAT", "value": "json"}],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "flow", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir: the only writable folder
+            *secret_mounts,
+            *volume_mounts,
+        ],
+    }
+    if resources:
+        container["resources"] = dict(resources)
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # the exporter never talks to the API server
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "fsGroup": UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "flow", "configMap": {"name": config_map}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+            *secret_volumes,
+            *volumes,
+        ],
+    }
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    return {"metadata": {"labels": dict(labels or {})}, "spec": spec}
