@@ -49,8 +49,9 @@ image: test-servers
 test-servers:
 	bash tests/servers/install.sh
 
-# A real control plane on loopback, detached; prints the kubeconfig path. Stop it with make cluster-down.
-cluster: $(VENV)/.stamp
+# A real cluster, detached: the control plane and a node (containerd, kubelet, kube-scheduler) running the product
+# image; prints the kubeconfig path. Stop it with make cluster-down (see docs/test-cluster.md).
+cluster: $(VENV)/.stamp cluster-bin image
 	$(PY) -m tests.cluster up
 
 cluster-down: $(VENV)/.stamp

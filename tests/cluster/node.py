@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -110,6 +111,10 @@ def claim_network() -> Network:
         _ip("route", "add", "unreachable", net.service_cidr)
         return net
     raise NodeError("no free network index in 10..249: remove leftover dsx* bridges with make cluster-down")
+
+
+def sockets_folder(net: Network) -> Path:
+    return Path("/run/dsexport") / str(net.index)
 
 
 def release_network(net: Network) -> None:
@@ -248,7 +253,7 @@ def product_image_archive() -> tuple[Path, str]:
             ["podman", "save", "--quiet", "--format", "docker-archive", "-o", str(tmp), IMAGE], check=True, env=env
         )
         tmp.rename(archive)
-    return archive, f"localhost/{IMAGE}" if "/" not in IMAGE.split(":")[0] else IMAGE
+    return archive, IMAGE if "/" in IMAGE else f"localhost/{IMAGE}"
 
 
 # ------------------------------------------------------------------------------------------------ the node
@@ -272,7 +277,9 @@ class Node:
 
     @property
     def socket(self) -> Path:
-        return self.root / "containerd" / "containerd.sock"
+        """containerd's socket, in a short folder of its own: Unix socket paths are limited to 108 bytes and the
+        cluster folder may be deep (a pytest temporary folder, a clone's .cluster)."""
+        return sockets_folder(self.net) / "containerd.sock"
 
     @property
     def kubelet_root(self) -> Path:
@@ -280,18 +287,25 @@ class Node:
 
     def start(self) -> None:
         """containerd (then the images), the scheduler, the kubelet; returns once the Node is Ready."""
-        if len(str(self.socket)) > 100:
-            raise NodeError(f"{self.socket}: too long for a Unix socket; use a shorter cluster folder")
+        shutil.rmtree(sockets_folder(self.net), ignore_errors=True)  # a crashed cluster's, with this index
+        sockets_folder(self.net).mkdir(parents=True)
         for d in ("logs", "cni/net.d", "cni/ipam", "kubelet", "kubelet-pods-logs", "manifests", "plugins", "sysctl"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
+        containerd = shutil.which("containerd")
+        if containerd is None:
+            raise NodeError("containerd is not installed: run make test-servers (tests/servers/install.sh)")
         self.cgroup_root, self.created_cgroups = make_cgroup_root(self.net.node_name)
         self._write_state()
         self._write_configs()
+        # the kubelet's root as an rshared mount: what the kubelet mounts there from its own mount namespace
+        # (Secret and ConfigMap volumes) propagates back to this one, where containerd runs
+        subprocess.run(["mount", "--bind", str(self.kubelet_root), str(self.kubelet_root)], check=True)
+        subprocess.run(["mount", "--make-rshared", str(self.kubelet_root)], check=True)
         cp = self.control_plane_root
         self.servers = [
             self._server(
                 "containerd",
-                ["containerd", "--config", str(self.root / "containerd.toml")],
+                [containerd, "--config", str(self.root / "containerd.toml")],
                 self._containerd_ready,
             ),
         ]
@@ -443,9 +457,6 @@ oom_score = 0
 
     def _kubelet_argv(self) -> list[str]:
         """The kubelet in a private mount namespace with stand-in /proc/sys files and no /usr/sbin on its PATH."""
-        kubelet_root = self.kubelet_root
-        subprocess.run(["mount", "--bind", str(kubelet_root), str(kubelet_root)], check=True)
-        subprocess.run(["mount", "--make-rshared", str(kubelet_root)], check=True)
         s = self.root / "sysctl"
         script = "\n".join(
             [
@@ -472,7 +483,7 @@ oom_score = 0
             str(self.bin / "kubelet"),
             f"--config={self.root / 'kubelet.yaml'}",
             f"--kubeconfig={self.control_plane_root / 'kubelet.kubeconfig'}",
-            f"--root-dir={kubelet_root}",
+            f"--root-dir={self.kubelet_root}",
             f"--cert-dir={self.root / 'kubelet-pki'}",
             f"--hostname-override={self.net.node_name}",
             f"--node-ip={self.net.node_ip}",
@@ -541,9 +552,15 @@ oom_score = 0
             "created_cgroups": self.created_cgroups,
             "socket": str(self.socket),
             "processes": [
-                {"name": s.name, "pid": s.proc.pid, "exe": _exe(s)} for s in self.servers if s.proc is not None
+                {"name": s.name, "pid": s.proc.pid, "exe": self._exe(s.name)}
+                for s in self.servers
+                if s.proc is not None
             ],
         }
+
+    def _exe(self, name: str) -> str:
+        """The binary a recorded process runs (the kubelet's pid execs unshare, then bash, then the kubelet)."""
+        return (shutil.which(name) or "") if name == "containerd" else str(self.bin / name)
 
     def _write_state(self) -> None:
         (self.root / NODE_STATE).write_text(json.dumps(self.state(), indent=2))
@@ -558,11 +575,6 @@ oom_score = 0
 
     def logs(self) -> str:
         return "\n".join(f"--- {s.name}\n{log_tail(s.log, 20)}" for s in self.servers)
-
-
-def _exe(server: ProcessServer) -> str:
-    binary = server.argv[0] if server.name != "kubelet" else server.argv[server.argv.index("kubelet") + 1]
-    return str(Path(binary) if "/" in binary else Path(subprocess.check_output(["which", binary], text=True).strip()))
 
 
 def _healthz(port: int) -> bool:
@@ -629,7 +641,9 @@ def teardown(state: dict[str, Any], timeout: float = 20.0) -> list[str]:
             wait_until(removed, timeout=timeout, what="the node's cgroups to empty")
         except TimeoutError as e:
             problems.append(str(e))
-    release_network(Network(state["network"]))
+    net = Network(state["network"])
+    release_network(net)
+    shutil.rmtree(sockets_folder(net), ignore_errors=True)
     cni_results = Path("/var/lib/cni/results")  # libcni's cache (containerd 1.6 has no setting for it)
     if cni_results.is_dir():
         for f in cni_results.glob(f"dsexport-{state['network']}-*"):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from tests.cluster.control_plane import ControlPlane, exited
+from tests.cluster.node import NODE_STATE, Network, mounts_under
 from tests.servers import ServerError, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,23 +83,46 @@ def test_a_killed_test_run_leaves_no_component_running(control_plane: ControlPla
 
 
 def test_make_cluster_and_cluster_down(control_plane: ControlPlane, tmp_path: Path) -> None:
+    """``up`` leaves a Ready node running detached; ``down`` stops every process it recorded and removes the
+    bridge, the Service address, the mounts and the cgroups it made."""
     env = {**os.environ, "DSEXPORT_K8S_BIN": str(control_plane.bin)}
     state = tmp_path / "state"
     up = subprocess.run(
         [sys.executable, "-m", "tests.cluster", "up", "--dir", str(state)],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
         cwd=REPO,
         env=env,
     )
+    assert up.returncode == 0, up.stderr[-3000:]
     kubeconfig = Path(up.stdout.strip())
-    assert kubeconfig.is_file()
     assert _kubectl_ready(control_plane.bin, kubeconfig) == "ok"
+    nodes = subprocess.run(
+        [str(control_plane.bin / "kubectl"), "--kubeconfig", str(kubeconfig), "get", "nodes", "-o", "wide"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert len(nodes) == 2 and " Ready " in nodes[1] and "containerd://" in nodes[1], nodes
+    node = json.loads((state / "node" / NODE_STATE).read_text())
+    net = Network(node["network"])
     pids = [p["pid"] for p in json.loads((state / "state.json").read_text())["processes"]]
+    pids += [p["pid"] for p in node["processes"]]
+    assert _has_address(net.service_ip) and Path(f"/sys/class/net/{net.bridge}").exists()
+
     subprocess.run([sys.executable, "-m", "tests.cluster", "down", "--dir", str(state)], check=True, cwd=REPO, env=env)
     wait_until(lambda: all(exited(p) for p in pids), timeout=30, what="make cluster-down to stop everything")
     assert not state.exists()
+    assert not mounts_under(state)
+    assert not _has_address(net.service_ip)
+    assert not Path(f"/sys/class/net/{net.bridge}").exists()
+    assert not [c for c in node["created_cgroups"] if Path(c).exists()]
+
+
+def _has_address(ip: str) -> bool:
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True, check=True)
+    return f" {ip}/32 " in out.stdout
 
 
 def test_a_clone_in_another_folder_reuses_the_built_binaries(tmp_path: Path) -> None:

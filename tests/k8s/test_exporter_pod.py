@@ -57,7 +57,9 @@ def _deploy(api: client.ApiClient, namespace: str, tmp_path: Path, target: Targe
     """The flow as a ConfigMap (no secret values in it) and the credentials as a Secret, as the operator does."""
     flow = flow_yaml(tmp_path, source="/data/lake", destination=target.destination_spec(), folder=namespace)
     core = client.CoreV1Api(api)
-    core.create_namespaced_config_map(namespace, {"metadata": {"name": "flow"}, "data": {"flow.yaml": flow.read_text()}})
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "flow"}, "data": {"flow.yaml": flow.read_text()}}
+    )
     assert "Secret" not in {d["kind"] for d in yaml.safe_load_all(flow.read_text())}
     core.create_namespaced_secret(namespace, {"metadata": {"name": SECRET_NAME}, "stringData": target.secret or {}})
 
@@ -89,7 +91,7 @@ def _complete(api: client.ApiClient, namespace: str, timeout: float = 180) -> An
                 core.read_namespaced_pod_log(p.metadata.name, namespace, _preload_content=False).data.decode()[-3000:]
                 for p in _pods(api, namespace)
             ]
-            raise AssertionError(f"the export job failed; pod logs:\n" + "\n---\n".join(logs))
+            raise AssertionError("the export job failed; pod logs:\n" + "\n---\n".join(logs))
         return any(c.type == "Complete" and c.status == "True" for c in conditions)
 
     wait_until(finished, timeout=timeout, what="the export job to complete", interval=0.5)
@@ -154,7 +156,7 @@ def test_a_pod_killed_at_a_random_moment_is_retried_and_the_export_stays_exact(
 
     wait_until(lambda: bool(running()), timeout=60, what="the first exporter pod to run", interval=0.1)
     [first] = running()
-    time.sleep(random.uniform(0.0, 2.0))  # noqa: S311 - the moment of the kill, not a synchronisation
+    time.sleep(random.uniform(0.0, 2.0))  # the moment of the kill, not a synchronisation
     pids = _container_pids(cluster, first)
     assert pids, "the exporter finished before it could be killed: make the lake bigger"
     for pid in pids:

@@ -13,6 +13,9 @@
 #       dsexport-sftp-nodir  same credentials, but its chroot folder is missing (the "missing root" case)
 #   - podman, runc, mmdebstrap and skopeo (Debian packages) for `make image`, which builds the product's image
 #     without a registry (tests/image/build.sh).
+#   - containerd, the CNI plugins and catatonit (Debian packages) for the real node of the Kubernetes tests
+#     (tests/cluster/node.py). containerd runs with the tests' own configuration; Debian's service is never
+#     started (there is no systemd here, and on a machine with one the package's unit is left alone).
 #   - Azurite (npm), pinned by tests/servers/azurite/package-lock.json, into a cache folder outside the checkout
 #     keyed by version, since CI clones afresh but keeps the machine.
 set -euo pipefail
@@ -49,10 +52,10 @@ fi
 
 # --------------------------------------------------------------------------------------- image building
 if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v runc >/dev/null \
-  || ! command -v skopeo >/dev/null; then
+  || ! command -v skopeo >/dev/null || ! command -v containerd >/dev/null || [ ! -x /usr/lib/cni/bridge ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-    podman runc mmdebstrap skopeo catatonit uidmap fuse-overlayfs >/dev/null
+    podman runc mmdebstrap skopeo catatonit uidmap fuse-overlayfs containerd containernetworking-plugins >/dev/null
 fi
 
 # -------------------------------------------------------------------------------------------- Azurite

@@ -19,7 +19,7 @@ CONTAINER: Final = "exporter"
 UID: Final = 65532  # the image's USER
 
 
-def exporter_pod_template(  # noqa: PLR0913 - each is a separate choice of the caller
+def exporter_pod_template(
     *,
     image: str,
     config_map: str,
