@@ -76,7 +76,7 @@ class Cluster:
         return "\n".join(x.logs() for x in (self.control_plane, self.node) if x is not None)
 
 
-def stop_recorded(root: Path, timeout: float = 20.0) -> list[str]:
+def stop_recorded(root: Path, timeout: float = 10.0) -> list[str]:
     """Stop a detached cluster from its records: the node's processes and what it set up, then the control plane."""
     stopped: list[str] = []
     node_state = root / "node" / NODE_STATE

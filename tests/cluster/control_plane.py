@@ -271,7 +271,7 @@ class ControlPlane:
         return "\n".join(f"--- {s.name}\n{log_tail(s.log, 20)}" for s in self.servers)
 
 
-def stop_recorded(root: Path, timeout: float = 20.0) -> list[str]:
+def stop_recorded(root: Path, timeout: float = 10.0) -> list[str]:
     """Stop the processes a detached cluster recorded in ``root/state.json``; only those still running that binary."""
     state_file = root / "state.json"
     if not state_file.exists():
