@@ -518,7 +518,7 @@ oom_score = 0
         write_pause_image(pause)
         archive, name = product_image_archive()
         for tar in (pause, archive):
-            out = self.ctr("images", "import", "--no-unpack=false", str(tar))
+            out = self.ctr("images", "import", str(tar))
             if out.returncode != 0:
                 raise NodeError(f"importing {tar} into containerd failed: {out.stderr.strip()}")
         # the short name users write (dsexport:dev) resolves to docker.io/library/...: give it that name too
@@ -644,6 +644,8 @@ def teardown(state: dict[str, Any], timeout: float = 20.0) -> list[str]:
     net = Network(state["network"])
     release_network(net)
     shutil.rmtree(sockets_folder(net), ignore_errors=True)
+    with contextlib.suppress(OSError):
+        sockets_folder(net).parent.rmdir()  # only once no other cluster uses it
     cni_results = Path("/var/lib/cni/results")  # libcni's cache (containerd 1.6 has no setting for it)
     if cni_results.is_dir():
         for f in cni_results.glob(f"dsexport-{state['network']}-*"):
