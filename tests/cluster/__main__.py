@@ -1,7 +1,9 @@
-"""``python -m tests.cluster up|down [--dir DIR]``: the control plane of ``make cluster`` / ``make cluster-down``.
+"""``python -m tests.cluster up|down [--dir DIR]``: the cluster of ``make cluster`` / ``make cluster-down``.
 
-``up`` replaces whatever an earlier (maybe crashed) ``up`` left in DIR, starts the control plane detached, waits
-until it is ready and prints the kubeconfig path; ``down`` stops exactly the processes ``up`` recorded.
+``up`` replaces whatever an earlier (maybe crashed) ``up`` left in DIR, starts the control plane and the node
+detached, waits until the node is Ready and prints the kubeconfig path; ``down`` stops exactly the processes
+``up`` recorded and removes the network, mounts and cgroups it set up. ``down --dir`` also cleans up after a test
+session that was killed (its cluster folder is under pytest's temporary folder).
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=Path(".cluster"), help="state folder (default .cluster)")
     args = parser.parse_args(argv)
     root: Path = args.dir.resolve()
-    stopped = stop_recorded(root)
+    try:
+        stopped = stop_recorded(root)
+    except ServerError as e:
+        print(f"could not remove everything the cluster in {root} set up: {e}", file=sys.stderr)
+        return 1
     if mounts := mounts_under(root):  # never delete through a mount (a pod's volume, a container's root)
         print(f"still mounted below {root}: {', '.join(mounts)}", file=sys.stderr)
         return 1
