@@ -2,8 +2,9 @@
 
 A Job made from ``exporter_pod_template`` (the operator's own template) runs ``dsexport run`` with a read-only root,
 a non-root user and no capabilities, the flow from a ConfigMap and the Destination's Secret mounted as files,
-against SeaweedFS and sshd listening on the node address. The rows are checked exactly, the termination message
-carries the RunResult, and a pod SIGKILLed at a random moment is replaced by the Job and the export stays exact.
+against SeaweedFS, sshd, fake-gcs-server and Azurite listening on the node address. The rows are checked exactly,
+the termination message carries the RunResult, and a pod SIGKILLed at a random moment is replaced by the Job and
+the export stays exact.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests.cluster.cluster import Cluster
 from tests.cluster.node import CGROUPS
 from tests.helpers import START, assert_only_committed_files, flow_yaml, read_committed_ids, source_ids
 from tests.k8s.conftest import create_namespace
-from tests.servers import SECRET_NAME, Target, seaweed, sshd, wait_until
+from tests.servers import SECRET_NAME, Target, azurite, fakegcs, seaweed, sshd, wait_until
 
 from dsexport.engine import Outcome, RunResult
 from dsexport.operator.pods import CONTAINER, exporter_pod_template
@@ -35,10 +36,12 @@ AT = dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC)
 
 @pytest.fixture(scope="module")
 def targets(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Target]]:
-    """SeaweedFS and sshd on the node address, where pods reach them."""
+    """The destination servers on the node address, where pods reach them."""
     found = {
         "s3": seaweed.launch(tmp_path_factory.mktemp("weed-for-pods"), host=cluster.node_ip),
         "sftp": sshd.launch(tmp_path_factory.mktemp("sshd-for-pods"), host=cluster.node_ip),
+        "gcs": fakegcs.launch(tmp_path_factory.mktemp("gcs-for-pods"), host=cluster.node_ip),
+        "azureBlob": azurite.launch(tmp_path_factory.mktemp("azurite-for-pods"), host=cluster.node_ip),
     }
     yield found
     for target in found.values():
@@ -109,7 +112,7 @@ def namespace(api: client.ApiClient, cluster: Cluster) -> Iterator[str]:
     client.CoreV1Api(api).delete_namespace(name, grace_period_seconds=0)
 
 
-@pytest.mark.parametrize("kind", ["s3", "sftp"])
+@pytest.mark.parametrize("kind", ["s3", "sftp", "gcs", "azureBlob"])
 def test_export_job_in_the_image_commits_exactly_the_source_rows(
     cluster: Cluster, api: client.ApiClient, namespace: str, targets: dict[str, Target], tmp_path: Path, kind: str
 ) -> None:

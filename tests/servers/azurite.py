@@ -32,10 +32,10 @@ def install_dir() -> Path:
     return cache / f"azurite-{VERSION}"
 
 
-def connection_string(port: int, key: str = ACCOUNT_KEY) -> str:
+def connection_string(port: int, key: str = ACCOUNT_KEY, host: str = "127.0.0.1") -> str:
     return (
         f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={key};"
-        f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
+        f"BlobEndpoint=http://{host}:{port}/{ACCOUNT};"
     )
 
 
@@ -50,8 +50,9 @@ def sas_token(permission: str = "racwdl", key: str = ACCOUNT_KEY, container: str
     )
 
 
-def launch(workdir: Path) -> Target:
-    """Start Azurite's blob service on a free loopback port with the container ``exports``."""
+def launch(workdir: Path, host: str = "127.0.0.1") -> Target:
+    """Start Azurite's blob service on a free port of ``host`` (loopback; the node address for pods) with the
+    container ``exports``."""
     binary = install_dir() / "node_modules" / ".bin" / "azurite-blob"
     if not binary.exists():
         raise ServerError(f"Azurite {VERSION} is not installed at {binary}: run tests/servers/install.sh")
@@ -61,7 +62,7 @@ def launch(workdir: Path) -> Target:
     argv = [
         str(binary),
         "--blobHost",
-        "127.0.0.1",
+        host,
         "--blobPort",
         str(port),
         "--location",
@@ -73,7 +74,7 @@ def launch(workdir: Path) -> Target:
 
     def client() -> BlobServiceClient:
         return BlobServiceClient.from_connection_string(
-            connection_string(port), retry_total=0, connection_timeout=2, read_timeout=5
+            connection_string(port, host=host), retry_total=0, connection_timeout=2, read_timeout=5
         )
 
     def ready() -> bool:
@@ -89,12 +90,12 @@ def launch(workdir: Path) -> Target:
     server.start()
     with client() as service, contextlib.suppress(ResourceExistsError):
         service.create_container(CONTAINER)
-    block = {"accountUrl": f"http://127.0.0.1:{port}/{ACCOUNT}", "container": CONTAINER}
+    block = {"accountUrl": f"http://{host}:{port}/{ACCOUNT}", "container": CONTAINER}
     return Target(
         type="azureBlob",
         block=block,
-        secret={"connectionString": connection_string(port)},
-        wrong_secret={"connectionString": connection_string(port, WRONG_KEY)},
+        secret={"connectionString": connection_string(port, host=host)},
+        wrong_secret={"connectionString": connection_string(port, WRONG_KEY, host)},
         missing_block={**block, "container": MISSING_CONTAINER},
         server=server,
     )

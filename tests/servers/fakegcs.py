@@ -37,17 +37,18 @@ def _bucket_exists(endpoint: str) -> bool:
         return False
 
 
-def launch(workdir: Path) -> Target:
-    """Start fake-gcs-server in ``workdir`` with bucket ``exports`` (created from an empty ``-data`` folder)."""
+def launch(workdir: Path, host: str = "127.0.0.1") -> Target:
+    """Start fake-gcs-server in ``workdir`` with bucket ``exports`` (created from an empty ``-data`` folder),
+    listening on ``host`` (loopback; the node address for pods)."""
     (workdir / "seed" / BUCKET).mkdir(parents=True, exist_ok=True)
     port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{host}:{port}"
     argv = [
         str(binary()),
         "-scheme",
         "http",
         "-host",
-        "127.0.0.1",
+        host,
         "-port",
         str(port),
         "-backend",
