@@ -14,7 +14,16 @@ from pathlib import Path
 
 from tests.cluster.control_plane import ControlPlane, stop_processes
 from tests.cluster.control_plane import stop_recorded as stop_control_plane
-from tests.cluster.node import NODE_STATE, Network, Node, claim_network, release_network, teardown
+from tests.cluster.node import (
+    NODE_STATE,
+    Network,
+    Node,
+    claim_network,
+    owned_by,
+    release_network,
+    run_folder,
+    teardown,
+)
 from tests.servers import ServerError
 
 
@@ -39,7 +48,7 @@ class Cluster:
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.net = claim_network()
+        self.net = claim_network(self.root)
         (self.root / "network.json").write_text(json.dumps({"index": self.net.index}))
         try:
             self.control_plane = ControlPlane(
@@ -77,18 +86,24 @@ class Cluster:
 
 
 def stop_recorded(root: Path, timeout: float = 10.0) -> list[str]:
-    """Stop a detached cluster from its records: the node's processes and what it set up, then the control plane."""
+    """Stop a detached cluster from its records: the node's processes and what it set up, then the control plane.
+
+    The node's part only while its network is still this cluster's: after a crash another cluster may have
+    reclaimed it (tests/cluster/node.py), and then there is nothing of ours left to undo there.
+    """
     stopped: list[str] = []
-    node_state = root / "node" / NODE_STATE
-    if node_state.exists():
-        state = json.loads(node_state.read_text())
-        stopped += stop_processes(state["processes"], timeout=timeout)
-        if problems := teardown(state):
-            raise ServerError("; ".join(problems))
-        node_state.unlink()
+    try:
+        net: Network | None = Network(json.loads((root / "network.json").read_text())["index"])
+    except FileNotFoundError:
+        net = None
+    if net is not None and owned_by(net, root):
+        with contextlib.suppress(FileNotFoundError):
+            state = json.loads((run_folder(net) / NODE_STATE).read_text())
+            stopped += stop_processes(state["processes"], timeout=timeout)
+            if problems := teardown(state):
+                raise ServerError("; ".join(problems))
+        release_network(net)
     stopped += stop_control_plane(root, timeout=timeout)
     with contextlib.suppress(FileNotFoundError):
-        network = json.loads((root / "network.json").read_text())["index"]
-        release_network(Network(network))
         (root / "network.json").unlink()
     return stopped

@@ -33,6 +33,7 @@ import tarfile
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ IMAGE = f"{os.environ.get('IMAGE', 'dsexport')}:dev"
 """The product image the node gets: ``make image`` (tests/image/build.sh), which takes the same IMAGE variable."""
 BUILD_IMAGE = Path(__file__).resolve().parents[1] / "image" / "build.sh"
 NODE_STATE = "node.json"
+OWNER = "owner.json"
 
 
 class NodeError(RuntimeError):
@@ -94,17 +96,29 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return out
 
 
-def claim_network() -> Network:
-    """The first free network: its bridge is created here, which fails if another cluster holds that index."""
+def claim_network(cluster_root: Path) -> Network:
+    """The first free network: its bridge is created here, which fails if another cluster holds that index.
+
+    A network whose cluster is dead (a test session killed with SIGKILL takes the node's processes along but leaves
+    its pods' mounts, cgroups and bridge) is cleaned up and taken.
+    """
     if os.geteuid() != 0:
         raise NodeError("a real node needs root (bridge, mounts, cgroups); run the Kubernetes tests as root")
     for index in range(10, 250):
         net = Network(index)
         if _ip("link", "add", net.bridge, "type", "bridge", check=False).returncode != 0:
-            continue  # held by another cluster (or left by a crashed one: make cluster-down removes it)
+            if not _abandoned(net):
+                continue  # another live cluster's
+            reclaim(net)
+            if _ip("link", "add", net.bridge, "type", "bridge", check=False).returncode != 0:
+                continue
         if _ip("-4", "addr", "show", "dev", "lo", "to", net.service_ip).stdout.strip():
             _ip("link", "del", net.bridge)
             continue
+        shutil.rmtree(run_folder(net), ignore_errors=True)
+        run_folder(net).mkdir(parents=True)
+        owner = {"pid": os.getpid(), "started": _started(os.getpid()), "root": str(cluster_root)}
+        (run_folder(net) / OWNER).write_text(json.dumps(owner))
         _ip("addr", "add", f"{net.node_ip}/24", "dev", net.bridge)
         _ip("link", "set", net.bridge, "up")
         _ip("addr", "add", f"{net.service_ip}/32", "dev", "lo")
@@ -113,14 +127,68 @@ def claim_network() -> Network:
     raise NodeError("no free network index in 10..249: remove leftover dsx* bridges with make cluster-down")
 
 
-def sockets_folder(net: Network) -> Path:
+def run_folder(net: Network) -> Path:
+    """What a network's cluster keeps outside its folder: who claimed it, the node's state, containerd's sockets
+    (Unix socket paths are limited to 108 bytes; a cluster folder may be deep). Emptied at boot, with the bridges."""
     return Path("/run/dsexport") / str(net.index)
+
+
+def _started(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot: with the pid, it names one process (pids are reused)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _running(process: dict[str, Any]) -> bool:
+    try:
+        return Path(f"/proc/{process['pid']}/exe").readlink().resolve() == Path(process["exe"]).resolve()
+    except OSError:
+        return False
+
+
+def _abandoned(net: Network) -> bool:
+    """Whether the cluster that claimed ``net`` is gone: neither its claimant nor any process it recorded runs.
+    A network without a record (being claimed right now, or not ours) is never taken."""
+    try:
+        owner = json.loads((run_folder(net) / OWNER).read_text())
+    except (OSError, ValueError):
+        return False
+    if owner.get("started") is not None and _started(int(owner["pid"])) == owner["started"]:
+        return False
+    with contextlib.suppress(OSError, ValueError):
+        state = json.loads((run_folder(net) / NODE_STATE).read_text())
+        if any(_running(p) for p in state["processes"]):
+            return False
+    return True
+
+
+def owned_by(net: Network, cluster_root: Path) -> bool:
+    """Whether ``net`` is still claimed by the cluster in ``cluster_root`` (after a crash, another may hold it)."""
+    try:
+        return bool(json.loads((run_folder(net) / OWNER).read_text())["root"] == str(cluster_root))
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def reclaim(net: Network) -> None:
+    """Remove what a dead cluster's node left on the machine (its processes are gone: see ``_abandoned``)."""
+    try:
+        state = json.loads((run_folder(net) / NODE_STATE).read_text())
+    except (OSError, ValueError):
+        release_network(net)
+        return
+    teardown(state)
 
 
 def release_network(net: Network) -> None:
     _ip("route", "del", "unreachable", net.service_cidr, check=False)
     _ip("addr", "del", f"{net.service_ip}/32", "dev", "lo", check=False)
-    _ip("link", "del", net.bridge, check=False)
+    shutil.rmtree(run_folder(net), ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_folder(net).parent.rmdir()  # only once no other cluster uses it
+    _ip("link", "del", net.bridge, check=False)  # last: the bridge is the claim
 
 
 # ------------------------------------------------------------------------------------------------ cgroups
@@ -279,7 +347,7 @@ class Node:
     def socket(self) -> Path:
         """containerd's socket, in a short folder of its own: Unix socket paths are limited to 108 bytes and the
         cluster folder may be deep (a pytest temporary folder, a clone's .cluster)."""
-        return sockets_folder(self.net) / "containerd.sock"
+        return run_folder(self.net) / "containerd.sock"
 
     @property
     def kubelet_root(self) -> Path:
@@ -287,8 +355,6 @@ class Node:
 
     def start(self) -> None:
         """containerd (then the images), the scheduler, the kubelet; returns once the Node is Ready."""
-        shutil.rmtree(sockets_folder(self.net), ignore_errors=True)  # a crashed cluster's, with this index
-        sockets_folder(self.net).mkdir(parents=True)
         for d in ("logs", "cni/net.d", "cni/ipam", "kubelet", "kubelet-pods-logs", "manifests", "plugins", "sysctl"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         containerd = shutil.which("containerd")
@@ -521,9 +587,11 @@ oom_score = 0
             out = self.ctr("images", "import", str(tar))
             if out.returncode != 0:
                 raise NodeError(f"importing {tar} into containerd failed: {out.stderr.strip()}")
-        # the short name users write (dsexport:dev) resolves to docker.io/library/...: give it that name too
+        # the short names users write (dsexport:dev, dsexport:<version>) resolve to docker.io/library/...
         self.image = name.removeprefix("localhost/")
-        self.ctr("images", "tag", "--force", name, f"docker.io/library/{self.image}")
+        repository = self.image.rsplit(":", 1)[0]
+        for tag in (self.image, f"{repository}:{version('dsexport')}"):
+            self.ctr("images", "tag", "--force", name, f"docker.io/library/{tag}")
 
     def _node_ready(self) -> bool:
         out = subprocess.run(
@@ -562,16 +630,21 @@ oom_score = 0
         """The binary a recorded process runs (the kubelet's pid execs unshare, then bash, then the kubelet)."""
         return (shutil.which(name) or "") if name == "containerd" else str(self.bin / name)
 
+    @property
+    def state_file(self) -> Path:
+        """The node's record, beside its network's claim: what teardown and reclaim undo."""
+        return run_folder(self.net) / NODE_STATE
+
     def _write_state(self) -> None:
-        (self.root / NODE_STATE).write_text(json.dumps(self.state(), indent=2))
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state(), indent=2))
+        tmp.rename(self.state_file)
 
     def stop(self) -> None:
         for server in reversed(self.servers):
             server.stop()
         self.servers = []
         teardown(self.state())
-        with contextlib.suppress(FileNotFoundError):
-            (self.root / NODE_STATE).unlink()
 
     def logs(self) -> str:
         return "\n".join(f"--- {s.name}\n{log_tail(s.log, 20)}" for s in self.servers)
@@ -641,11 +714,7 @@ def teardown(state: dict[str, Any], timeout: float = 20.0) -> list[str]:
             wait_until(removed, timeout=timeout, what="the node's cgroups to empty")
         except TimeoutError as e:
             problems.append(str(e))
-    net = Network(state["network"])
-    release_network(net)
-    shutil.rmtree(sockets_folder(net), ignore_errors=True)
-    with contextlib.suppress(OSError):
-        sockets_folder(net).parent.rmdir()  # only once no other cluster uses it
+    release_network(Network(state["network"]))
     cni_results = Path("/var/lib/cni/results")  # libcni's cache (containerd 1.6 has no setting for it)
     if cni_results.is_dir():
         for f in cni_results.glob(f"dsexport-{state['network']}-*"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from tests.cluster.control_plane import ControlPlane, exited
-from tests.cluster.node import NODE_STATE, Network, mounts_under
+from tests.cluster.node import NODE_STATE, Network, claim_network, mounts_under, release_network, run_folder
 from tests.servers import ServerError, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,8 +105,8 @@ def test_make_cluster_and_cluster_down(control_plane: ControlPlane, tmp_path: Pa
         check=True,
     ).stdout.splitlines()
     assert len(nodes) == 2 and " Ready " in nodes[1] and "containerd://" in nodes[1], nodes
-    node = json.loads((state / "node" / NODE_STATE).read_text())
-    net = Network(node["network"])
+    net = Network(json.loads((state / "network.json").read_text())["index"])
+    node = json.loads((run_folder(net) / NODE_STATE).read_text())
     pids = [p["pid"] for p in json.loads((state / "state.json").read_text())["processes"]]
     pids += [p["pid"] for p in node["processes"]]
     assert _has_address(net.service_ip) and Path(f"/sys/class/net/{net.bridge}").exists()
@@ -118,6 +118,64 @@ def test_make_cluster_and_cluster_down(control_plane: ControlPlane, tmp_path: Pa
     assert not _has_address(net.service_ip)
     assert not Path(f"/sys/class/net/{net.bridge}").exists()
     assert not [c for c in node["created_cgroups"] if Path(c).exists()]
+
+
+def test_the_next_cluster_cleans_up_after_a_killed_session(control_plane: ControlPlane, tmp_path: Path) -> None:
+    """A SIGKILLed session's node processes die with it, but its pods, shims, mounts, cgroups and network stay;
+    the next claim of that network finds its owner dead and removes them."""
+    script = (
+        "import json, sys, time\n"
+        "from pathlib import Path\n"
+        "from kubernetes import client, config\n"
+        "from tests.cluster.cluster import Cluster\n"
+        "from tests.servers import wait_until\n"
+        "c = Cluster(root=Path(sys.argv[1]), bin=Path(sys.argv[2]))\n"
+        "c.start()\n"
+        "core = client.CoreV1Api(config.new_client_from_config(config_file=str(c.kubeconfig)))\n"
+        "wait_until(lambda: bool(core.list_namespaced_service_account('default').items), timeout=30, what='sa')\n"
+        "container = {'name': 'sleep', 'image': c.node.image, 'imagePullPolicy': 'Never', 'command': ['sleep', '1h']}\n"
+        "pod = {'metadata': {'name': 'sleeper'}, 'spec': {'containers': [container]}}\n"
+        "core.create_namespaced_pod('default', pod)\n"
+        "running = lambda: core.read_namespaced_pod('sleeper', 'default').status.phase == 'Running'\n"
+        "wait_until(running, timeout=60, what='the pod to run')\n"
+        "print(json.dumps({'index': c.net.index, 'cgroups': c.node.created_cgroups}), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    root, log = tmp_path / "c", tmp_path / "owner.log"
+    with (
+        log.open("w") as err,
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(root), str(control_plane.bin)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            cwd=REPO,
+        ) as owner,
+    ):
+        assert owner.stdout is not None
+        line = owner.stdout.readline()
+        assert line, log.read_text()[-3000:]
+        dead = json.loads(line)
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(timeout=10)
+    net = Network(dead["index"])
+    node = json.loads((run_folder(net) / NODE_STATE).read_text())
+    wait_until(lambda: all(exited(p["pid"]) for p in node["processes"]), timeout=30, what="the node to die with it")
+    left = [int(p) for f in Path(dead["cgroups"][0]).rglob("cgroup.procs") for p in f.read_text().split()]
+    assert left, "the pod's process outlives the session: that is what needs cleaning up"
+    assert mounts_under(root / "node")
+
+    claimed = [claim_network(tmp_path / "next")]
+    while claimed[-1].index < net.index:  # indexes below are other live clusters' (this session's)
+        claimed.append(claim_network(tmp_path / "next"))
+    try:
+        assert claimed[-1] == net
+        assert not mounts_under(root / "node")
+        assert not [c for c in dead["cgroups"] if Path(c).exists()]
+        assert all(exited(p) for p in left)
+    finally:
+        for n in claimed:
+            release_network(n)
 
 
 def _has_address(ip: str) -> bool:

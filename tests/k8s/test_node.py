@@ -16,6 +16,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ def test_node_is_ready_on_containerd_with_the_image(cluster: Cluster, api: clien
     assert {a.type: a.address for a in node.status.addresses}["InternalIP"] == cluster.node_ip
     assert not node.spec.taints, "the node-lifecycle controller removes the not-ready taint"
     names = {n for image in node.status.images for n in image.names or []}
-    assert f"docker.io/library/{cluster.node.image}" in names
+    assert {"docker.io/library/dsexport:dev", f"docker.io/library/dsexport:{version('dsexport')}"} <= names
 
     leases = client.CoordinationV1Api(api)
     renewals: set[Any] = set()
