@@ -55,16 +55,10 @@ def _write(path: Path, cert: x509.Certificate, key: _Key) -> None:
     key_file.chmod(0o600)
 
 
-def make_pki(folder: Path, clients: dict[str, tuple[str, str | None]], *, ips: Sequence[str] = ()) -> None:
-    """Write ca, apiserver, service-account and one client pair per entry ``file: (user, group)`` into folder.
-
-    The API server's certificate names 127.0.0.1, ``ips`` (where it listens, the ``kubernetes`` Service IP) and
-    the Service's DNS names.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_name = _key(), _name("dsexport-test-ca")
-    ca = (
-        _builder(ca_name, ca_name, ca_key)
+def _ca(cn: str) -> tuple[x509.Certificate, _Key]:
+    key, name = _key(), _name(cn)
+    cert = (
+        _builder(name, name, key)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -80,8 +74,20 @@ def make_pki(folder: Path, clients: dict[str, tuple[str, str | None]], *, ips: S
             ),
             critical=True,
         )
-        .sign(ca_key, hashes.SHA256())
+        .sign(key, hashes.SHA256())
     )
+    return cert, key
+
+
+def make_pki(folder: Path, clients: dict[str, tuple[str, str | None]], *, ips: Sequence[str] = ()) -> None:
+    """Write ca, apiserver, service-account and one client pair per entry ``file: (user, group)`` into folder.
+
+    The API server's certificate names 127.0.0.1, ``ips`` (where it listens, the ``kubernetes`` Service IP) and
+    the Service's DNS names.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = _ca("dsexport-test-ca")
+    ca_name = ca.subject
     _write(folder / "ca", ca, ca_key)
 
     def issue(file: str, cn: str, org: str | None, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]) -> None:
@@ -111,15 +117,10 @@ def make_pki(folder: Path, clients: dict[str, tuple[str, str | None]], *, ips: S
 
 def serving_certificate(dns_names: Sequence[str]) -> tuple[bytes, bytes, bytes]:
     """A throwaway CA and a server certificate it signed for ``dns_names``: (ca, cert, key) as PEM."""
-    ca_key, ca_name = _key(), _name("dsexport-test-webhook-ca")
-    ca = (
-        _builder(ca_name, ca_name, ca_key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca, ca_key = _ca("dsexport-test-webhook-ca")
     key = _key()
     cert = (
-        _builder(_name(dns_names[0]), ca_name, key)
+        _builder(_name(dns_names[0]), ca.subject, key)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
