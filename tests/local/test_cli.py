@@ -185,3 +185,13 @@ def test_result_file_holds_the_run_result(tmp_path: Path) -> None:
     assert code == 0
     [result] = RunResult.parse(result_file.read_text(), origin=str(result_file)).results
     assert (result.outcome, result.records) == ("exported", 50)
+
+
+def test_dataset_option_runs_only_those_datasets(tmp_path: Path) -> None:
+    src = tmp_path / "lake"
+    sample.write_files(src, files=1, rows_per_file=20, seed=1, start=START)
+    flow = flow_yaml(tmp_path, source=src, dest=tmp_path / "dest")
+    code, out, _ = invoke("run", "-f", str(flow), "--at", "2026-12-01T10:00:00Z", "--dataset", "events", "-o", "json")
+    assert code == 0 and [r["dataset"] for r in json.loads(out)["results"]] == ["events"]
+    code, _, err = invoke("run", "-f", str(flow), "--at", "2026-12-01T10:00:00Z", "--dataset", "nope")
+    assert code == 2 and "dataset 'nope' is not in flow" in err

@@ -75,6 +75,7 @@ def main(verbose: bool) -> None:
 @main.command()
 @_files_option
 @click.option("--export", "exports", multiple=True, help="Run only this DatasetExport (repeatable).")
+@click.option("--dataset", "datasets", multiple=True, help="Run only this dataset of the DatasetExports (repeatable).")
 @click.option("--at", "at", help="Run as if at this RFC 3339 time: picks the slot, i.e. the exportTime folder.")
 @click.option("--reset", "resets", multiple=True, help="Dataset whose next export is a full backfill.")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -88,6 +89,7 @@ def run(
     *,
     files: tuple[str, ...],
     exports: tuple[str, ...],
+    datasets: tuple[str, ...],
     at: str | None,
     resets: tuple[str, ...],
     output: str,
@@ -98,7 +100,7 @@ def run(
     bundle = _load(files, secret_folders)
     when = _parse_at(at)
     try:
-        plan = local.requests(bundle, dataset_exports=exports, at=when, resets=resets)
+        plan = local.requests(bundle, dataset_exports=exports, datasets=datasets, at=when, resets=resets)
     except loader.ManifestError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(EXIT_INVALID) from None

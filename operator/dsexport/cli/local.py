@@ -12,18 +12,33 @@ from dsexport.errors import DsexportError
 
 
 def requests(
-    bundle: Bundle, *, dataset_exports: Iterable[str] = (), at: dt.datetime, resets: Iterable[str] = ()
+    bundle: Bundle,
+    *,
+    dataset_exports: Iterable[str] = (),
+    datasets: Iterable[str] = (),
+    at: dt.datetime,
+    resets: Iterable[str] = (),
 ) -> list[ExportRequest]:
-    """One request per (DatasetExport, dataset entry); an entry's own schedule overrides the DatasetExport's."""
+    """One request per (DatasetExport, dataset entry); an entry's own schedule overrides the DatasetExport's.
+
+    ``datasets`` limits the run to those entries (a CronJob runs the datasets that share its schedule).
+    """
     names = list(dataset_exports) or sorted(bundle.dataset_exports)
     unknown = [n for n in names if n not in bundle.dataset_exports]
     if unknown:
         raise ManifestError(f"DatasetExport {', '.join(map(repr, unknown))} not found in the given files")
+    only = set(datasets)
+    listed = {e.name for n in names for e in bundle.dataset_exports[n].spec.datasets}
+    if only - listed:
+        missing = ", ".join(map(repr, sorted(only - listed)))
+        raise ManifestError(f"dataset {missing} is not in {'/'.join(names) or 'any DatasetExport'}")
     reset = set(resets)
     out = []
     for name in names:
         dataset_export = bundle.dataset_exports[name]
         for entry in dataset_export.spec.datasets:
+            if only and entry.name not in only:
+                continue
             dataset = bundle.datasets[entry.name]
             out.append(
                 ExportRequest(

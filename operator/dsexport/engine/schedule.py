@@ -83,6 +83,18 @@ def cron_schedule(schedule: Schedule) -> CronSchedule:
     return CronSchedule(expression=expression, time_zone=CRON_TIME_ZONE)
 
 
+def active_window(schedule: Schedule) -> tuple[datetime | None, datetime | None]:
+    """When a schedule may fire: from midnight UTC of ``startDate`` to its last slot (None: unbounded).
+
+    Cron cannot say this (see ``cron_schedule``), so whoever owns the CronJob suspends it outside the window;
+    opening at midnight rather than at the first slot leaves the whole day for the CronJob to be resumed in time.
+    """
+    plan = _plan(schedule)
+    opens = datetime.combine(plan.first_day, time(0), tzinfo=UTC) if plan.first_day else None
+    closes = plan.at(plan.last_day, plan.hours[-1]) if plan.last_day else None
+    return opens, closes
+
+
 def slots(schedule: Schedule, *, start: datetime, end: datetime) -> Iterator[datetime]:
     """Every slot in ``[start, end]``, ascending, so callers can list or backfill a range in order."""
     plan = _plan(schedule)

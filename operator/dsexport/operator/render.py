@@ -1,0 +1,185 @@
+"""What a DatasetExport becomes in the cluster: a ConfigMap with its flow and one CronJob per distinct schedule.
+
+Pure functions of the resources and the time, so the reconciler only compares what it renders with what exists
+and writes the difference (an unchanged cluster renders the same objects and causes no write). No secret value
+is ever rendered: the flow names Secrets, the pods mount them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import yaml
+
+from dsexport import api
+from dsexport.engine import schedule as schedules
+from dsexport.operator.pods import FLOW_KEY, exporter_pod_template
+
+LABEL_EXPORT: Final = "dsexport.io/dataset-export"
+LABEL_SCHEDULE: Final = "dsexport.io/schedule"
+STARTING_DEADLINE_SECONDS: Final = 600
+"""A slot the CronJob controller could not start within this long (operator or control plane down) is skipped;
+the next slot's run exports what it missed, since runs export everything new since the watermark."""
+HISTORY_LIMIT: Final = 3
+BACKOFF_LIMIT: Final = 3
+_MAX_NAME: Final = 52  # a CronJob's name leaves 11 characters for the Jobs' suffix
+
+
+def labels(dataset_export: str, component: str) -> dict[str, str]:
+    """The recommended labels (app.kubernetes.io/*), from one place, plus the owning DatasetExport."""
+    return {
+        "app.kubernetes.io/name": "dsexport",
+        "app.kubernetes.io/instance": dataset_export,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "dsexport",
+        "app.kubernetes.io/managed-by": "dsexport-operator",
+        LABEL_EXPORT: dataset_export,
+    }
+
+
+def owner_reference(*, name: str, uid: str) -> dict[str, Any]:
+    """The DatasetExport as controller of what it renders: deleting it deletes them (garbage collector)."""
+    return {
+        "apiVersion": "dsexport.io/v1alpha1",
+        "kind": "DatasetExport",
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _manifest(resource: api.Resource) -> dict[str, Any]:
+    """The resource as the exporter reads it: apiVersion, kind, name and spec; no status, no cluster metadata."""
+    document = resource.model_dump(mode="json", by_alias=True, exclude_none=True, include={"api_version", "kind"})
+    spec = resource.model_dump(mode="json", by_alias=True, exclude_none=True)["spec"]
+    return {**document, "metadata": {"name": resource.metadata.name}, "spec": spec}
+
+
+def config_map_name(dataset_export: str) -> str:
+    return _name(dataset_export, "flow")
+
+
+def flow_config_map(
+    *,
+    dataset_export: api.DatasetExport,
+    datasets: Sequence[api.Dataset],
+    destination: api.Destination,
+    owner_uid: str,
+) -> dict[str, Any]:
+    """The flow as ``dsexport run`` reads it in the pod: the DatasetExport, its Datasets and its Destination."""
+    resources: list[api.Resource] = [dataset_export, destination, *sorted(datasets, key=lambda d: d.metadata.name)]
+    name = dataset_export.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": config_map_name(name),
+            "labels": labels(name, "flow"),
+            "ownerReferences": [owner_reference(name=name, uid=owner_uid)],
+        },
+        "data": {FLOW_KEY: yaml.safe_dump_all([_manifest(r) for r in resources], sort_keys=False)},
+    }
+
+
+@dataclass(frozen=True)
+class ScheduleGroup:
+    """Datasets that share one effective schedule (an entry's own schedule overrides the DatasetExport's)."""
+
+    schedule: api.Schedule
+    datasets: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        """Short and stable: names the CronJob, so a schedule change replaces it rather than editing it."""
+        canonical = json.dumps(self.schedule.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+def schedule_groups(dataset_export: api.DatasetExport) -> list[ScheduleGroup]:
+    """One group per distinct schedule, in the order the datasets are listed."""
+    grouped: dict[str, list[str]] = {}
+    schedule_of: dict[str, api.Schedule] = {}
+    for entry in dataset_export.spec.datasets:
+        effective = entry.schedule or dataset_export.spec.schedule
+        key = ScheduleGroup(effective, ()).key
+        grouped.setdefault(key, []).append(entry.name)
+        schedule_of[key] = effective
+    return [ScheduleGroup(schedule_of[k], tuple(names)) for k, names in grouped.items()]
+
+
+def in_window(schedule: api.Schedule, now: dt.datetime) -> bool:
+    """Whether the CronJob may run now: from startDate's midnight until the starting deadline of the last slot."""
+    opens, closes = schedules.active_window(schedule)
+    if opens is not None and now < opens:
+        return False
+    return closes is None or now <= closes + dt.timedelta(seconds=STARTING_DEADLINE_SECONDS)
+
+
+def cron_job(
+    *,
+    dataset_export: api.DatasetExport,
+    group: ScheduleGroup,
+    owner_uid: str,
+    image: str,
+    secrets: Sequence[str],
+    now: dt.datetime,
+    service_account: str | None = None,
+    timeout_seconds: int | None = None,
+    volumes: Sequence[Mapping[str, Any]] = (),
+    volume_mounts: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The CronJob that runs ``group``'s datasets at their schedule's slots, suspended outside its window."""
+    name = dataset_export.metadata.name
+    cron = schedules.cron_schedule(group.schedule)
+    job_labels = {**labels(name, "exporter"), LABEL_SCHEDULE: group.key}
+    args = ["--export", name]
+    for dataset in group.datasets:
+        args += ["--dataset", dataset]
+    template = exporter_pod_template(
+        image=image,
+        config_map=config_map_name(name),
+        secrets=sorted(set(secrets)),
+        args=args,
+        service_account=service_account,
+        labels=job_labels,
+        volumes=volumes,
+        volume_mounts=volume_mounts,
+    )
+    job_spec: dict[str, Any] = {"backoffLimit": BACKOFF_LIMIT, "template": template}
+    if timeout_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = timeout_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {
+            "name": _name(name, group.key),
+            "labels": job_labels,
+            "ownerReferences": [owner_reference(name=name, uid=owner_uid)],
+        },
+        "spec": {
+            "schedule": cron.expression,
+            "timeZone": cron.time_zone,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": STARTING_DEADLINE_SECONDS,
+            "successfulJobsHistoryLimit": HISTORY_LIMIT,
+            "failedJobsHistoryLimit": HISTORY_LIMIT,
+            "suspend": dataset_export.spec.suspend or not in_window(group.schedule, now),
+            "jobTemplate": {"metadata": {"labels": job_labels}, "spec": job_spec},
+        },
+    }
+
+
+def _name(dataset_export: str, suffix: str) -> str:
+    """``<DatasetExport>-<suffix>`` within a CronJob's 52 characters; a long name is cut and made unique again by
+    a hash of the whole."""
+    name = f"{dataset_export}-{suffix}"
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(dataset_export.encode()).hexdigest()[:6]
+    return f"{dataset_export[: _MAX_NAME - len(suffix) - 8].rstrip('-.')}-{digest}-{suffix}"
