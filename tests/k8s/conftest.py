@@ -7,10 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client, config
+from kubernetes.client.rest import ApiException
 from tests.cluster.cluster import Cluster
 from tests.cluster.control_plane import ControlPlane, binaries
 from tests.servers import wait_until
+
+CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +39,33 @@ def api(control_plane: ControlPlane) -> client.ApiClient:
 @pytest.fixture(scope="session")
 def kubeconfig(control_plane: ControlPlane) -> Path:
     return control_plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def crds(api: client.ApiClient) -> list[str]:
+    """Install every CRD in crds/ (as a user would, with kubectl apply) and wait for each to be Established."""
+    ext = client.ApiextensionsV1Api(api)
+    names = []
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        body = yaml.safe_load(path.read_text())
+        try:
+            ext.create_custom_resource_definition(body)
+        except ApiException as e:  # the chart test may have installed them already: then they must be these
+            if e.status != 409:
+                raise
+            body["metadata"]["resourceVersion"] = ext.read_custom_resource_definition(
+                body["metadata"]["name"]
+            ).metadata.resource_version
+            ext.replace_custom_resource_definition(body["metadata"]["name"], body)
+        names.append(body["metadata"]["name"])
+
+    def established(name: str) -> bool:
+        conditions = ext.read_custom_resource_definition(name).status.conditions or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+    for name in names:
+        wait_until(lambda n=name: established(n), timeout=30, what=f"CRD {name} Established")  # type: ignore[misc]
+    return names
 
 
 def create_namespace(api: client.ApiClient, prefix: str = "t") -> str:

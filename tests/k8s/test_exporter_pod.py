@@ -28,7 +28,9 @@ from tests.helpers import START, assert_only_committed_files, flow_yaml, read_co
 from tests.k8s.conftest import create_namespace
 from tests.servers import SECRET_NAME, Target, azurite, fakegcs, seaweed, sshd, wait_until
 
+from dsexport.api import Dataset, DatasetExport, Destination
 from dsexport.engine import Outcome, RunResult
+from dsexport.operator import render
 from dsexport.operator.pods import CONTAINER, exporter_pod_template
 
 AT = dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC)
@@ -169,6 +171,92 @@ def test_a_pod_killed_at_a_random_moment_is_retried_and_the_export_stays_exact(
     assert job.status.failed == 1 and job.status.succeeded == 1
     killed = client.CoreV1Api(api).read_namespaced_pod(first.metadata.name, namespace)
     assert killed.status.container_statuses[0].state.terminated.exit_code == 137
+    transport = target.transport()
+    assert sorted(read_committed_ids(transport, folder=namespace)) == sorted(source_ids(lake))
+    assert_only_committed_files(transport, folder=namespace)
+
+
+def test_a_job_from_the_rendered_cron_job_runs_the_flow_of_the_rendered_config_map(
+    cluster: Cluster,
+    api: client.ApiClient,
+    crds: list[str],
+    namespace: str,
+    targets: dict[str, Target],
+    tmp_path: Path,
+) -> None:
+    """What the operator will apply, applied by hand: the DatasetExport, its flow ConfigMap and CronJob as
+    rendered; a Job made from the CronJob's template (as run-now does) exports the CronJob's datasets only."""
+    assert cluster.node is not None
+    target = targets["s3"]
+    lake = _lake(tmp_path, files=2, rows=1_000)
+    schedule = {"frequency": "daily", "time": "00:00", "startDate": "2026-11-01"}
+    manifests: dict[str, list[dict[str, Any]]] = {
+        "Dataset": [
+            {
+                "metadata": {"name": name},
+                "spec": {"source": {"uri": "/data/lake"}, "incremental": {"strategy": "files"}},
+            }
+            for name in ("events", "other")
+        ],
+        "Destination": [{"metadata": {"name": "dest"}, "spec": {**target.destination_spec(), "folder": namespace}}],
+        "DatasetExport": [
+            {
+                "metadata": {"name": "flow"},
+                "spec": {
+                    "destinationRef": {"name": "dest"},
+                    "datasets": [
+                        {"name": "events"},
+                        {"name": "other", "schedule": {**schedule, "time": "12:00"}},
+                    ],
+                    "schedule": schedule,
+                },
+            }
+        ],
+    }
+    custom = client.CustomObjectsApi(api)
+    created: dict[str, list[dict[str, Any]]] = {}
+    for kind, documents in manifests.items():
+        for document in documents:
+            body = {"apiVersion": "dsexport.io/v1alpha1", "kind": kind, **document}
+            plural = {"Dataset": "datasets", "Destination": "destinations", "DatasetExport": "datasetexports"}[kind]
+            created.setdefault(kind, []).append(
+                custom.create_namespaced_custom_object("dsexport.io", "v1alpha1", namespace, plural, body)
+            )
+    export = DatasetExport.model_validate(created["DatasetExport"][0])
+    uid = created["DatasetExport"][0]["metadata"]["uid"]
+    config_map = render.flow_config_map(
+        dataset_export=export,
+        datasets=[Dataset.model_validate(d) for d in created["Dataset"]],
+        destination=Destination.model_validate(created["Destination"][0]),
+        owner_uid=uid,
+    )
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    core.create_namespaced_config_map(namespace, config_map)
+    core.create_namespaced_secret(namespace, {"metadata": {"name": SECRET_NAME}, "stringData": target.secret or {}})
+    [group, _] = render.schedule_groups(export)
+    cron_job = render.cron_job(
+        dataset_export=export,
+        group=group,
+        owner_uid=uid,
+        image=cluster.node.image,
+        secrets=[SECRET_NAME],
+        now=dt.datetime.now(dt.UTC),
+        volumes=[{"name": "lake", "hostPath": {"path": str(lake), "type": "Directory"}}],
+        volume_mounts=[{"name": "lake", "mountPath": "/data/lake", "readOnly": True}],
+    )
+    batch.create_namespaced_cron_job(namespace, cron_job)
+    job_template = batch.read_namespaced_cron_job(cron_job["metadata"]["name"], namespace).spec.job_template
+    batch.create_namespaced_job(
+        namespace,
+        client.V1Job(
+            metadata=client.V1ObjectMeta(name="export", labels=job_template.metadata.labels), spec=job_template.spec
+        ),
+    )
+    _complete(api, namespace)
+
+    [pod] = _pods(api, namespace)
+    result = RunResult.parse(pod.status.container_statuses[0].state.terminated.message, origin="the pod")
+    assert [(r.dataset, r.outcome, r.records) for r in result.results] == [("events", Outcome.exported, 2_000)]
     transport = target.transport()
     assert sorted(read_committed_ids(transport, folder=namespace)) == sorted(source_ids(lake))
     assert_only_committed_files(transport, folder=namespace)
