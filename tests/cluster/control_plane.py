@@ -281,18 +281,22 @@ def stop_recorded(root: Path, timeout: float = 10.0) -> list[str]:
     return stopped
 
 
+def runs_recorded(process: dict[str, Any]) -> bool:
+    """Whether a recorded ``{pid, exe}`` still runs that binary (pids are reused)."""
+    try:
+        return Path(f"/proc/{process['pid']}/exe").readlink().resolve() == Path(process["exe"]).resolve()
+    except OSError:
+        return False
+
+
 def stop_processes(processes: list[dict[str, Any]], *, timeout: float) -> list[str]:
     """SIGTERM each recorded process group, last started first, then SIGKILL after ``timeout``; a pid that now runs
     another binary is not ours any more and is left alone."""
     stopped: list[str] = []
     for p in reversed(processes):  # controllers first, etcd last, as a graceful shutdown needs
         pid = int(p["pid"])
-        try:
-            exe = Path(f"/proc/{pid}/exe").readlink()
-        except OSError:
-            continue  # gone already
-        if exe.resolve() != Path(p["exe"]).resolve():
-            continue  # the id was reused by something that is not ours
+        if not runs_recorded(p):
+            continue  # gone already, or the id was reused by something that is not ours
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         stopped.append(p["name"])

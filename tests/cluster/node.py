@@ -39,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from tests.cluster.control_plane import runs_recorded
 from tests.servers import ProcessServer, ServerError, free_port, log_tail, wait_until
 
 CGROUPS = Path("/sys/fs/cgroup")
@@ -141,13 +142,6 @@ def _started(pid: int) -> str | None:
         return None
 
 
-def _running(process: dict[str, Any]) -> bool:
-    try:
-        return Path(f"/proc/{process['pid']}/exe").readlink().resolve() == Path(process["exe"]).resolve()
-    except OSError:
-        return False
-
-
 def _abandoned(net: Network) -> bool:
     """Whether the cluster that claimed ``net`` is gone: neither its claimant nor any process it recorded runs.
     A network without a record (being claimed right now, or not ours) is never taken."""
@@ -159,7 +153,7 @@ def _abandoned(net: Network) -> bool:
         return False
     with contextlib.suppress(OSError, ValueError):
         state = json.loads((run_folder(net) / NODE_STATE).read_text())
-        if any(_running(p) for p in state["processes"]):
+        if any(runs_recorded(p) for p in state["processes"]):
             return False
     return True
 

@@ -31,16 +31,20 @@ def exported() -> DatasetResult:
     )
 
 
-def test_json_form_is_camel_case_versioned_and_round_trips() -> None:
-    failed = DatasetResult(
+def failure(message: str, *, reason: str, transient: bool) -> DatasetResult:
+    return DatasetResult(
         dataset_export="daily",
         dataset="orders",
         dataset_id="orders",
         outcome=Outcome.failed,
-        message="Destination/d: the store did not answer",
-        reason="DestinationFailed",
-        transient=True,
+        message=message,
+        reason=reason,
+        transient=transient,
     )
+
+
+def test_json_form_is_camel_case_versioned_and_round_trips() -> None:
+    failed = failure("Destination/d: the store did not answer", reason="DestinationFailed", transient=True)
     report = RunResult(at=AT, results=[exported(), failed])
     doc = report.to_json_dict()
     assert (doc["version"], doc["kind"], doc["ok"], doc["at"]) == (1, "RunResult", False, "2026-12-01T09:30:00Z")
@@ -76,15 +80,7 @@ def test_termination_message_is_the_whole_result_when_it_fits() -> None:
 
 
 def test_termination_message_shortens_messages_then_counts_what_it_leaves_out() -> None:
-    long_failure = DatasetResult(
-        dataset_export="daily",
-        dataset="orders",
-        dataset_id="orders",
-        outcome=Outcome.failed,
-        message="x" * 5000,
-        reason="SourceError",
-        transient=False,
-    )
+    long_failure = failure("x" * 5000, reason="SourceError", transient=False)
     shortened = RunResult.parse(RunResult(at=AT, results=[long_failure]).termination_message(), origin="pod")
     assert shortened.omitted == 0 and not shortened.ok
     assert shortened.results[0].message == "x" * 160 and shortened.results[0].reason == "SourceError"
