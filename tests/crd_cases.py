@@ -23,6 +23,7 @@ from dsexport.api import (
     Format,
     Incremental,
     Schedule,
+    Source,
 )
 
 DATASET: dict[str, Any] = yaml.safe_load(
@@ -101,6 +102,12 @@ def _with_column(strategy: str, column: str | None) -> dict[str, Any]:
 
 
 INVALID = [
+    pytest.param(
+        Dataset,
+        edited(edited(DATASET, "spec.source.uri", "s3://lake/web_events"), "spec.source.claimName", "lake"),
+        message(Source),
+        id="claim-for-an-object-store-source",
+    ),
     pytest.param(
         Destination,
         edited(edited(DESTINATION, "spec.s3", ...), "spec.filesystem", {"path": "/exports"}),

@@ -28,6 +28,7 @@ from dsexport.api import (
     Incremental,
     Resource,
     Schedule,
+    Source,
     crdgen,
 )
 
@@ -124,7 +125,13 @@ def test_crd_metadata(kind: type[Resource]) -> None:
     assert top["properties"]["apiVersion"] == {"type": "string"}
     assert top["properties"]["kind"] == {"type": "string"}
     assert top["properties"]["metadata"] == {"type": "object"}
-    assert top["properties"]["status"] == {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    status = top["properties"]["status"]
+    assert status["type"] == "object"
+    assert "x-kubernetes-preserve-unknown-fields" not in yaml.safe_dump(status)  # structural, all the way down
+    assert status["properties"]["observedGeneration"] == {"type": "integer"}
+    conditions = status["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
 
 
 def test_check_mode_reports_a_diff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -236,6 +243,7 @@ def test_unsupported_unions_are_refused() -> None:
 # ------------------------------------------------------------------------------------------------ CEL rules
 
 EXPECTED_RULES: list[tuple[type[Resource], str, type[BaseModel]]] = [
+    (Dataset, "spec.source", Source),
     (Dataset, "spec.incremental", Incremental),
     (Destination, "spec", DestinationSpec),
     (Destination, "spec.format", Format),

@@ -75,6 +75,7 @@ class Resource(BaseModel):
     plural: ClassVar[str]
     short_names: ClassVar[tuple[str, ...]]
     printer_columns: ClassVar[tuple[dict[str, Any], ...]] = ()
+    status_model: ClassVar[type[BaseModel]]
 
     api_version: Annotated[Literal["dsexport.io/v1alpha1"], Field(alias="apiVersion")] = "dsexport.io/v1alpha1"
     kind: str

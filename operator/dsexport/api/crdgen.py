@@ -213,6 +213,12 @@ def spec_schema(kind: type[Resource]) -> dict[str, Any]:
     return _Converter(raw.get("$defs", {})).convert(raw, f"{kind.kind_name}.spec")
 
 
+def status_schema(kind: type[Resource]) -> dict[str, Any]:
+    """The structural schema of a resource's status: the operator writes it, the API server prunes the rest."""
+    raw = kind.status_model.model_json_schema(by_alias=True, mode="validation")
+    return _Converter(raw.get("$defs", {})).convert(raw, f"{kind.kind_name}.status")
+
+
 def openapi_schema(kind: type[Resource]) -> dict[str, Any]:
     doc = kind.__dict__.get("__doc__")
     schema: dict[str, Any] = {}
@@ -226,7 +232,7 @@ def openapi_schema(kind: type[Resource]) -> dict[str, Any]:
                 "kind": {"type": "string"},
                 "metadata": {"type": "object"},
                 "spec": spec_schema(kind),
-                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "status": status_schema(kind),
             },
             "required": ["spec"],
         }

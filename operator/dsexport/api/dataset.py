@@ -10,11 +10,13 @@ from pydantic import Field
 from dsexport.api.common import (
     DATASET_ID_PATTERN,
     DURATION_PATTERN,
+    NAME_PATTERN,
     ObjectRef,
     Resource,
     Spec,
     rules,
 )
+from dsexport.api.status import DatasetStatus
 
 
 class SourceFormat(StrEnum):
@@ -31,6 +33,13 @@ class Strategy(StrEnum):
 class Source(Spec):
     """Where the dataset's files live: a local path, ``file://``, ``s3://`` or ``gs://`` URI."""
 
+    model_config = rules(
+        (
+            "!has(self.claimName) || !(self.uri.startsWith('s3://') || self.uri.startsWith('gs://'))",
+            "claimName is for a local-path source (a path or file:// URI), not an object store",
+        ),
+    )
+
     uri: Annotated[
         str,
         Field(
@@ -45,6 +54,16 @@ class Source(Spec):
     credentials_secret_ref: Annotated[
         ObjectRef | None,
         Field(alias="credentialsSecretRef", description="Secret with credentials for an object-store source."),
+    ] = None
+    claim_name: Annotated[
+        str | None,
+        Field(
+            alias="claimName",
+            pattern=NAME_PATTERN,
+            max_length=253,
+            description="In a cluster: the PersistentVolumeClaim holding a local-path source, mounted read-only "
+            "at the path.",
+        ),
     ] = None
 
 
@@ -96,7 +115,9 @@ class Dataset(Resource):
         {"name": "Dataset ID", "type": "string", "jsonPath": ".spec.datasetId"},
         {"name": "Source", "type": "string", "jsonPath": ".spec.source.uri"},
         {"name": "Strategy", "type": "string", "jsonPath": ".spec.incremental.strategy"},
+        {"name": "Used by", "type": "string", "jsonPath": ".status.usedBy"},
     )
+    status_model = DatasetStatus
 
     kind: Literal["Dataset"] = "Dataset"
     spec: DatasetSpec

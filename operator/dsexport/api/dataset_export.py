@@ -9,6 +9,7 @@ from pydantic import Field
 
 from dsexport.api.common import (
     DATE_PATTERN,
+    DURATION_PATTERN,
     NAME_PATTERN,
     TIME_PATTERN,
     ObjectRef,
@@ -16,6 +17,7 @@ from dsexport.api.common import (
     Spec,
     rules,
 )
+from dsexport.api.status import DatasetExportStatus
 
 
 class Frequency(StrEnum):
@@ -89,6 +91,15 @@ class DatasetExportSpec(Spec):
     ] = Mode.incremental
     schedule: Schedule
     suspend: Annotated[bool, Field(description="Stop scheduling new exports; running ones finish.")] = False
+    timeout: Annotated[
+        str | None,
+        Field(
+            pattern=DURATION_PATTERN,
+            max_length=32,
+            description="Stop a run that takes longer than this, e.g. 2h (the Job's activeDeadlineSeconds); "
+            "the next run continues from the last commit.",
+        ),
+    ] = None
 
 
 class DatasetExport(Resource):
@@ -100,7 +111,17 @@ class DatasetExport(Resource):
         {"name": "Schedule", "type": "string", "jsonPath": ".status.schedule"},
         {"name": "Last export", "type": "date", "jsonPath": ".status.lastExportTime"},
         {"name": "Next export", "type": "date", "jsonPath": ".status.nextExportTime"},
+        {"name": "Destination", "type": "string", "jsonPath": ".spec.destinationRef.name", "priority": 1},
+        {"name": "Result", "type": "string", "jsonPath": ".status.lastExport.result", "priority": 1},
+        {"name": "Records", "type": "integer", "jsonPath": ".status.lastExport.records", "priority": 1},
+        {
+            "name": "Message",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].message',
+            "priority": 1,
+        },
     )
+    status_model = DatasetExportStatus
 
     kind: Literal["DatasetExport"] = "DatasetExport"
     spec: DatasetExportSpec

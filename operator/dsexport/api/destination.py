@@ -8,7 +8,9 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from dsexport.api.common import (
+    DURATION_PATTERN,
     FOLDER_PATTERN,
+    NAME_PATTERN,
     QUANTITY_PATTERN,
     ObjectRef,
     Resource,
@@ -16,6 +18,7 @@ from dsexport.api.common import (
     parse_quantity,
     rules,
 )
+from dsexport.api.status import DestinationStatus
 
 
 class DestinationType(StrEnum):
@@ -95,7 +98,27 @@ class AzureBlob(Spec):
 
 
 class Filesystem(Spec):
-    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    path: Annotated[str, Field(min_length=1, max_length=4096, description="The folder exports go under.")]
+    claim_name: Annotated[
+        str | None,
+        Field(
+            alias="claimName",
+            pattern=NAME_PATTERN,
+            max_length=253,
+            description="In a cluster: the PersistentVolumeClaim mounted (read-write) at path.",
+        ),
+    ] = None
+
+
+class HealthCheck(Spec):
+    interval: Annotated[
+        str,
+        Field(
+            pattern=r"^0$|" + DURATION_PATTERN,
+            max_length=32,
+            description="How often the operator checks the destination with a check Job, e.g. 1h; 0 turns it off.",
+        ),
+    ] = "1h"
 
 
 class OutputFormat(StrEnum):
@@ -186,6 +209,7 @@ class DestinationSpec(Spec):
         Field(pattern=FOLDER_PATTERN, max_length=1024, description="Folder under which DATASET_ID folders go."),
     ] = ""
     format: Format = Field(default_factory=Format)
+    health_check: Annotated[HealthCheck, Field(alias="healthCheck")] = Field(default_factory=HealthCheck)
 
 
 class Destination(Resource):
@@ -195,8 +219,17 @@ class Destination(Resource):
     printer_columns = (
         {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
         {"name": "Format", "type": "string", "jsonPath": ".spec.format.type"},
-        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {"name": "Available", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Available")].status'},
+        {"name": "Used by", "type": "string", "jsonPath": ".status.usedBy"},
+        {"name": "Last check", "type": "date", "jsonPath": ".status.lastCheckTime", "priority": 1},
+        {
+            "name": "Message",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Available")].message',
+            "priority": 1,
+        },
     )
+    status_model = DestinationStatus
 
     kind: Literal["Destination"] = "Destination"
     spec: DestinationSpec
