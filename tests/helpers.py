@@ -94,10 +94,19 @@ def flow_yaml(
     return path
 
 
-def run_local(flow: Path, at: dt.datetime, *, resets: tuple[str, ...] = ()) -> list[DatasetResult]:
-    """Every DatasetExport in ``flow`` once, in this process, as ``dsexport run --at`` would run them."""
+def run_local(
+    flow: Path,
+    at: dt.datetime,
+    *,
+    resets: tuple[str, ...] = (),
+    reset_token: str | None = None,
+    export_time: str | None = None,
+) -> list[DatasetResult]:
+    """Every DatasetExport in ``flow`` once, in this process, as ``dsexport run --at`` would run them
+    (``export_time``: as ``--export-time``, which picks the folder instead of ``at``)."""
     bundle = loader.load_files([flow])
-    return local.run(bundle, local.requests(bundle, at=at, resets=resets))
+    plan = local.requests(bundle, at=at, resets=resets, reset_token=reset_token, export_time=export_time)
+    return local.run(bundle, plan)
 
 
 def _transport(dest: Path | Transport) -> Transport:

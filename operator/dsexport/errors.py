@@ -70,6 +70,6 @@ class SchemaError(DsexportError):
 
 class StateError(DsexportError):
     """What the destination holds cannot be trusted (a malformed, truncated or foreign ``_manifest.json``) or
-    forbids this export (another DatasetExport's folder, a commit behind the latest); a person must look."""
+    forbids this export (another DatasetExport's folder, a reset behind the latest commit); a person must look."""
 
     reason = "DestinationStateRefused"

@@ -67,6 +67,45 @@ def test_at_without_time_zone_is_refused(tmp_path: Path) -> None:
     assert "has no time zone" in err
 
 
+def test_export_time_picks_the_folder_and_excludes_at(tmp_path: Path) -> None:
+    src = tmp_path / "lake"
+    sample.write_files(src, files=1, rows_per_file=20, seed=1, start=START)
+    flow = flow_yaml(tmp_path, source=src, dest=tmp_path / "dest")
+    code, out, _ = invoke("run", "-f", str(flow), "--export-time", "202612011007", "-o", "json")
+    assert code == 0
+    [result] = json.loads(out)["results"]
+    assert (result["outcome"], result["exportTime"], result["records"]) == ("exported", "202612011007", 20)
+    assert (tmp_path / "dest" / "out" / "events" / "exportTime=202612011007" / "_manifest.json").is_file()
+
+    code, out, err = invoke("run", "-f", str(flow), "--at", "2026-12-01T10:00:00Z", "--export-time", "202612011007")
+    assert (code, out) == (2, "")
+    assert "--at and --export-time both choose the exportTime folder: give one of them" in err
+    for bad in ("2026120110", "202612011060", "2026-12-01T10:07", "202602301007"):
+        code, _, err = invoke("run", "-f", str(flow), "--export-time", bad)
+        assert code == 2, bad
+        assert f"Invalid value for '--export-time': {bad!r} is not an export time: give a UTC minute" in err
+
+
+def test_reset_token_needs_a_reset_and_a_valid_token(tmp_path: Path) -> None:
+    src = tmp_path / "lake"
+    sample.write_files(src, files=1, rows_per_file=20, seed=1, start=START)
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    code, _, err = invoke("run", "-f", str(flow), "--reset-token", "r-1")
+    assert code == 2 and "--reset-token identifies a reset: give the dataset to reset with --reset" in err
+    code, _, err = invoke("run", "-f", str(flow), "--reset", "events", "--reset-token", "a b")
+    assert code == 2 and "Invalid value for '--reset-token': 'a b' is not 1 to 64 characters" in err
+    assert not dest.exists()
+    args = ("run", "-f", str(flow), "--reset", "events", "--reset-token", "r-1", "-o", "json")
+    code, out, _ = invoke(*args, "--export-time", "202612011007")
+    assert code == 0 and json.loads(out)["results"][0]["records"] == 20
+    manifest = json.loads((dest / "out" / "events" / "exportTime=202612011007" / "_manifest.json").read_text())
+    assert (manifest["reset"], manifest["resetToken"]) == (True, "r-1")
+    code, out, _ = invoke(*args, "--export-time", "202612011107")  # the same reset, retried in a later minute
+    [again] = json.loads(out)["results"]
+    assert (code, again["outcome"], again["records"]) == (0, "no-new-data", 0)
+
+
 def test_unknown_export_is_refused(tmp_path: Path) -> None:
     flow = flow_yaml(tmp_path, source=tmp_path, dest=tmp_path / "dest")
     code, _, err = invoke("run", "-f", str(flow), "--export", "nope")

@@ -180,13 +180,157 @@ def test_watermark_survives_losing_everything_but_the_destination(tmp_path: Path
     assert result.outcome == Outcome.no_new_data
 
 
-def test_exports_move_forward_in_time(tmp_path: Path, src: Path) -> None:
+def test_a_run_behind_the_latest_commit_ends_without_writing(tmp_path: Path, src: Path) -> None:
     dest = tmp_path / "dest"
     flow = flow_yaml(tmp_path, source=src, dest=dest)
     run(flow, T0 + dt.timedelta(days=1))
+    sample.write_files(src, files=1, rows_per_file=10, seed=3, start=START, id_offset=50_000)
     [behind] = run(flow, T0)
-    assert behind.outcome == Outcome.failed
-    assert "is before the latest committed export 202612020000" in behind.message
+    assert (behind.outcome, behind.records) == (Outcome.already_committed, 0)
+    assert "is before the latest committed export 202612020000, which already covers it" in behind.message
+    assert [m["exportTime"] for m in committed(dest)] == ["202612020000"]
+    assert [p.name for p in (dest / "out" / "events").iterdir()] == ["exportTime=202612020000"]
+    [later] = run(flow, T0 + dt.timedelta(days=1, hours=3))
+    assert (later.outcome, later.records) == (Outcome.exported, 10)  # the new file waited for a later slot
+
+
+def test_export_time_picks_the_folder_instead_of_the_slot(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    [now] = run(flow, T0 + dt.timedelta(hours=9), export_time="202612011007")  # the slot would be 202612010900
+    assert (now.outcome, now.export_time, now.records) == (Outcome.exported, "202612011007", 6_000)
+    assert now.folder is not None and now.folder.endswith("out/events/exportTime=202612011007")
+    assert committed(dest)[0]["runId"] == run_id("flow", "events", "202612011007")
+    # A retry of the same run-now Job, later and with new data at the source: same folder, nothing exported twice.
+    sample.write_files(src, files=1, rows_per_file=10, seed=3, start=START, id_offset=50_000)
+    [retry] = run(flow, T0 + dt.timedelta(hours=12), export_time="202612011007")
+    assert (retry.outcome, retry.export_time) == (Outcome.already_committed, "202612011007")
+    assert len(read_committed_ids(dest)) == 6_000
+    # Any minute is accepted, in the future too.
+    [future] = run(flow, T0, export_time="203001010001")
+    assert (future.outcome, future.records) == (Outcome.exported, 10)
+    assert [m["exportTime"] for m in committed(dest)] == ["202612011007", "203001010001"]
+
+
+def test_a_scheduled_run_starting_late_after_a_run_now_is_not_a_failure(tmp_path: Path, src: Path) -> None:
+    """Run-now at 10:07, then the 09:00 slot's Job starts late: it is covered by 10:07, and 12:00 goes on."""
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    [now] = run(flow, T0 + dt.timedelta(hours=9, minutes=7), export_time="202612011007")
+    assert now.outcome == Outcome.exported
+    [late] = run(flow, T0 + dt.timedelta(hours=9, minutes=30))  # slot 202612010900
+    assert late.outcome == Outcome.already_committed
+    assert late.message == (
+        "exportTime 202612010900 is before the latest committed export 202612011007, which already covers it; "
+        "a later slot exports what is new"
+    )
+    assert now.watermark is not None and late.watermark == now.watermark
+    assert not (dest / "out" / "events" / "exportTime=202612010900").exists()
+    sample.write_files(src, files=1, rows_per_file=10, seed=3, start=START, id_offset=50_000)
+    [next_slot] = run(flow, T0 + dt.timedelta(hours=12))
+    assert (next_slot.outcome, next_slot.records, next_slot.export_time) == (Outcome.exported, 10, "202612011200")
+    assert sorted(read_committed_ids(dest)) == sorted(source_ids(src))
+
+
+def test_an_invalid_export_time_fails_the_dataset(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    [result] = run(flow_yaml(tmp_path, source=src, dest=dest), T0, export_time="202613011007")
+    assert (result.outcome, result.reason, result.transient) == (Outcome.failed, "InvalidSpec", False)
+    assert "not an export time folder: '202613011007'" in result.message
+    assert not dest.exists()
+
+
+def test_an_invalid_reset_token_fails_the_dataset(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    [result] = run(flow_yaml(tmp_path, source=src, dest=dest), T0, resets=("events",), reset_token="a/b")
+    assert (result.outcome, result.reason) == (Outcome.failed, "InvalidSpec")
+    assert result.message == "reset token 'a/b' is not 1 to 64 characters of A-Z a-z 0-9 . _ -"
+    assert not dest.exists()
+
+
+def test_a_reset_token_is_recorded_and_carried_forward(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    run(flow, T0)
+    assert "resetToken" not in committed(dest)[0]
+    run(flow, T0 + dt.timedelta(hours=3), resets=("events",), reset_token="r-1")
+    sample.write_files(src, files=1, rows_per_file=10, seed=3, start=START, id_offset=50_000)
+    run(flow, T0 + dt.timedelta(hours=6))
+    assert [(m["reset"], m["backfill"], m.get("resetToken")) for m in committed(dest)] == [
+        (False, True, None),
+        (True, True, "r-1"),
+        (False, False, "r-1"),
+    ]
+    assert [m["version"] for m in committed(dest)] == [2, 2, 2]
+
+
+def test_a_reset_without_a_token_backfills_every_time(tmp_path: Path, src: Path) -> None:
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    run(flow, T0, resets=("events",))
+    [again] = run(flow, T0 + dt.timedelta(hours=3), resets=("events",))
+    assert (again.outcome, again.records, again.message) == (Outcome.exported, 6_000, "full backfill (reset)")
+    assert [("resetToken" in m, m["reset"]) for m in committed(dest)] == [(False, True), (False, True)]
+
+
+def test_a_retried_reset_in_the_same_folder_is_already_committed(tmp_path: Path, src: Path) -> None:
+    """A reset Job's retry with the same --export-time finds its folder committed."""
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    run(flow, T0)
+    [first] = run(flow, T0 + dt.timedelta(hours=9), resets=("events",), reset_token="r-1", export_time="202612011007")
+    assert (first.outcome, first.records) == (Outcome.exported, 6_000)
+    [retry] = run(flow, T0 + dt.timedelta(hours=12), resets=("events",), reset_token="r-1", export_time="202612011007")
+    assert retry.outcome == Outcome.already_committed
+    assert [m["reset"] for m in committed(dest)] == [False, True]
+
+
+def test_a_retried_reset_in_a_later_slot_does_not_backfill_again(tmp_path: Path, src: Path) -> None:
+    """Without --export-time the retry lands in a later slot: the token says the reset was applied."""
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    run(flow, T0)
+    [first] = run(flow, T0 + dt.timedelta(hours=3), resets=("events",), reset_token="r-1")
+    assert (first.outcome, first.records, first.message) == (Outcome.exported, 6_000, "full backfill (reset)")
+    sample.write_files(src, files=1, rows_per_file=10, seed=3, start=START, id_offset=50_000)
+    [retry] = run(flow, T0 + dt.timedelta(hours=6), resets=("events",), reset_token="r-1")
+    assert (retry.outcome, retry.records) == (Outcome.exported, 10)
+    assert retry.message == "incremental (the reset was already applied)"
+    last = committed(dest)[-1]
+    assert (last["reset"], last["backfill"], last["resetToken"], last["sequence"]) == (False, False, "r-1", 3)
+    # A scheduled export between two attempts carries the token forward: the reset still counts as applied.
+    sample.write_files(src, files=1, rows_per_file=5, seed=4, start=START, id_offset=60_000)
+    [scheduled] = run(flow, T0 + dt.timedelta(hours=9))
+    assert (scheduled.outcome, scheduled.records) == (Outcome.exported, 5)
+    [nothing_new] = run(flow, T0 + dt.timedelta(hours=12), resets=("events",), reset_token="r-1")
+    assert nothing_new.outcome == Outcome.no_new_data
+    # Another token is another reset.
+    [second] = run(flow, T0 + dt.timedelta(hours=15), resets=("events",), reset_token="r-2")
+    assert (second.outcome, second.records) == (Outcome.exported, 6_015)
+    assert [(m["reset"], m.get("resetToken")) for m in committed(dest)] == [
+        (False, None),
+        (True, "r-1"),
+        (False, "r-1"),
+        (False, "r-1"),
+        (True, "r-2"),
+    ]
+
+
+def test_a_reset_behind_the_latest_commit_is_refused_unless_applied(tmp_path: Path, src: Path) -> None:
+    """Nothing covers a reset that was never applied: reporting it as done would drop it silently."""
+    dest = tmp_path / "dest"
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    run(flow, T0 + dt.timedelta(hours=3))
+    [behind] = run(flow, T0 + dt.timedelta(hours=9), resets=("events",), reset_token="r-1", export_time="202612010100")
+    assert (behind.outcome, behind.reason, behind.transient) == (Outcome.failed, "DestinationStateRefused", False)
+    assert behind.message.endswith(
+        "exportTime 202612010100 is before the latest committed export 202612010300, where the reset cannot be "
+        "committed: reset again at a later exportTime"
+    )
+    run(flow, T0 + dt.timedelta(hours=6), resets=("events",), reset_token="r-1")
+    [applied] = run(flow, T0 + dt.timedelta(hours=9), resets=("events",), reset_token="r-1", export_time="202612010100")
+    assert applied.outcome == Outcome.already_committed
+    assert [(m["exportTime"], m["reset"]) for m in committed(dest)] == [("202612010300", False), ("202612010600", True)]
 
 
 def test_missing_source_fails_with_the_uri(tmp_path: Path) -> None:

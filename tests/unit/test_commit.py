@@ -1,6 +1,6 @@
 """The commit protocol and watermark recovery on their own: what a run reads back from the destination, and what
-it refuses to trust (a damaged, foreign or misplaced manifest) or to do (write behind the latest commit, into
-another DatasetExport's folder)."""
+it refuses to trust (a damaged, foreign or misplaced manifest) or to do (write into another DatasetExport's
+folder), and what it leaves alone (a slot behind the latest commit, which covers it)."""
 
 from __future__ import annotations
 
@@ -120,6 +120,26 @@ def test_a_version_1_manifest_is_still_read_and_continued(exported: tuple[Path, 
     assert (result.outcome, result.message) == (Outcome.no_new_data, "no new files")
 
 
+def test_reset_token_is_optional_and_unknown_keys_are_ignored(exported: tuple[Path, Path]) -> None:
+    """``resetToken`` left out when unset keeps manifests readable by releases that predate it, as unknown keys
+    (a newer minor writer's) are ignored rather than refused."""
+    _, dest = exported
+    doc = json.loads(manifest_path(dest).read_bytes())
+    assert "resetToken" not in doc and doc["version"] == manifests.MANIFEST_VERSION == 2
+
+    def read(document: dict[str, object]) -> Manifest:
+        raw = json.dumps(document).encode()
+        return manifests.parse(raw, path="m", dataset_id="events", export_time=SLOT)
+
+    assert read({**doc, "someNewerKey": {"x": 1}}) == read(doc)
+    tokened = read({**doc, "resetToken": "job-20261201.1007_a"})
+    assert tokened.reset_token == "job-20261201.1007_a"
+    assert json.loads(tokened.to_bytes())["resetToken"] == "job-20261201.1007_a"
+    for bad in ("", "a/b", "x" * 65):
+        with pytest.raises(StateError, match="resetToken: String should match pattern"):
+            read({**doc, "resetToken": bad})
+
+
 def test_another_dataset_exports_folder_is_refused(exported: tuple[Path, Path]) -> None:
     flow, dest = exported
     doc = json.loads(manifest_path(dest).read_bytes())
@@ -134,14 +154,32 @@ def test_another_dataset_exports_folder_is_refused(exported: tuple[Path, Path]) 
 
 
 def test_commits_only_move_forward(exported: tuple[Path, Path]) -> None:
+    """A run behind the latest commit writes nothing and is not an error: the latest commit covers its data."""
     flow, dest = exported
-    state = commit.read_state(FilesystemTransport(dest), PREFIX, dataset_id="events")
-    commit.check_order(state, "202612010300", where="here")
-    with pytest.raises(StateError, match="before the latest committed export 202612010000"):
-        commit.check_order(state, "202611302100", where="here")
+    t = FilesystemTransport(dest)
+    state = commit.read_state(t, PREFIX, dataset_id="events")
+    assert not commit.is_behind(state, "202612010300")
+    assert not commit.is_behind(state, SLOT)
+    assert commit.is_behind(state, "202611302100")
+    assert not commit.is_behind(commit.read_state(t, "out/nothing-yet", dataset_id="x"), "202611302100")
+
+    # An earlier attempt of the behind slot left parts; a newer folder is being written by another run.
+    behind = join(PREFIX, "exportTime=202611302100")
+    t.put(join(behind, "part-00000-x.parquet"), b"killed attempt")
+    newer = join(PREFIX, "exportTime=202612010300", "part-00000-y.parquet")
+    t.put(newer, b"in progress")
+    committed_files = sorted(t.list_keys(join(PREFIX, f"exportTime={SLOT}")))
     [result] = run(flow, AT - dt.timedelta(hours=3))
-    assert result.outcome == Outcome.failed
+    assert (result.outcome, result.export_time, result.records) == (Outcome.already_committed, "202611302100", 0)
+    assert result.message == (
+        "exportTime 202611302100 is before the latest committed export 202612010000, which already covers it; "
+        "a later slot exports what is new"
+    )
     assert "--at" not in result.message  # engine messages give no CLI advice
+    assert state.latest is not None and result.watermark == state.latest.watermark
+    assert list(t.list_keys(behind)) == []  # its own leftovers, never committed, are gone
+    assert t.exists(newer)  # not its folder: left alone
+    assert sorted(t.list_keys(join(PREFIX, f"exportTime={SLOT}"))) == committed_files
 
 
 def test_commit_is_create_only_and_marks_success(exported: tuple[Path, Path]) -> None:

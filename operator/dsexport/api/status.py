@@ -95,9 +95,7 @@ class DatasetExportStatus(StatusModel):
     schedule: Annotated[str | None, Field(description="The flow's schedule, for people.")] = None
     cron: Annotated[str | None, Field(description="The flow's schedule as a cron expression (UTC).")] = None
     next_export_time: Annotated[str | None, Field(alias="nextExportTime"), _time("The next scheduled slot.")] = None
-    last_export_time: Annotated[str | None, Field(alias="lastExportTime"), _time("When the last export ended.")] = (
-        None
-    )
+    last_export_time: Annotated[str | None, Field(alias="lastExportTime"), _time("When the last export ended.")] = None
     finished: Annotated[
         bool | None, Field(description="True once no slot is left (past endDate, or frequency once after its run).")
     ] = None

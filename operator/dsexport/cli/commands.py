@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from dsexport import logs
 from dsexport.api import loader
 from dsexport.cli import local, render
 from dsexport.engine import Outcome, RunResult, check_destination, schedule
+from dsexport.engine.manifest import RESET_TOKEN_PATTERN
 from dsexport.engine.schedule import NoSlotError
 
 EXIT_FAILED = 1
@@ -52,6 +54,24 @@ def _parse_at(value: str | None) -> dt.datetime:
     return parsed.astimezone(dt.UTC)
 
 
+def _check_export_time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        schedule.parse_export_time(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an export time: give a UTC minute as YYYYMMDDHHMM, e.g. 202612011007"
+        ) from None
+    return value
+
+
+def _check_reset_token(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(RESET_TOKEN_PATTERN, value):
+        raise click.BadParameter(f"{value!r} is not 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'")
+    return value
+
+
 def _load(files: Sequence[str], secret_folders: Sequence[str] = ()) -> loader.Bundle:
     try:
         return loader.load_files(files, secret_folders=secret_folders)
@@ -77,7 +97,19 @@ def main(verbose: bool) -> None:
 @click.option("--export", "exports", multiple=True, help="Run only this DatasetExport (repeatable).")
 @click.option("--dataset", "datasets", multiple=True, help="Run only this dataset of the DatasetExports (repeatable).")
 @click.option("--at", "at", help="Run as if at this RFC 3339 time: picks the slot, i.e. the exportTime folder.")
+@click.option(
+    "--export-time",
+    callback=_check_export_time,
+    metavar="YYYYMMDDHHMM",
+    help="Write every dataset to this exportTime folder (a UTC minute) instead of the slot of --at or now.",
+)
 @click.option("--reset", "resets", multiple=True, help="Dataset whose next export is a full backfill.")
+@click.option(
+    "--reset-token",
+    callback=_check_reset_token,
+    metavar="TOKEN",
+    help="Identifies this reset: a retry finds it applied and continues incrementally (needs --reset).",
+)
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option(
     "--result-file",
@@ -91,16 +123,30 @@ def run(
     exports: tuple[str, ...],
     datasets: tuple[str, ...],
     at: str | None,
+    export_time: str | None,
     resets: tuple[str, ...],
+    reset_token: str | None,
     output: str,
     result_file: str | None,
     secret_folders: tuple[str, ...],
 ) -> None:
     """Run the DatasetExports in FILES once and print a summary; exit 1 if any dataset failed."""
+    if at is not None and export_time is not None:
+        raise click.UsageError("--at and --export-time both choose the exportTime folder: give one of them")
+    if reset_token is not None and not resets:
+        raise click.UsageError("--reset-token identifies a reset: give the dataset to reset with --reset")
     bundle = _load(files, secret_folders)
     when = _parse_at(at)
     try:
-        plan = local.requests(bundle, dataset_exports=exports, datasets=datasets, at=when, resets=resets)
+        plan = local.requests(
+            bundle,
+            dataset_exports=exports,
+            datasets=datasets,
+            at=when,
+            resets=resets,
+            reset_token=reset_token,
+            export_time=export_time,
+        )
     except loader.ManifestError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(EXIT_INVALID) from None

@@ -18,10 +18,14 @@ def requests(
     datasets: Iterable[str] = (),
     at: dt.datetime,
     resets: Iterable[str] = (),
+    reset_token: str | None = None,
+    export_time: str | None = None,
 ) -> list[ExportRequest]:
     """One request per (DatasetExport, dataset entry); an entry's own schedule overrides the DatasetExport's.
 
     ``datasets`` limits the run to those entries (a CronJob runs the datasets that share its schedule).
+    ``reset_token`` identifies the reset of the ``resets`` datasets, so that a retried reset is applied once;
+    ``export_time`` (YYYYMMDDHHMM) is the exportTime folder of every dataset, instead of the slot of ``at``.
     """
     names = list(dataset_exports) or sorted(bundle.dataset_exports)
     unknown = [n for n in names if n not in bundle.dataset_exports]
@@ -50,6 +54,8 @@ def requests(
                     at=at,
                     reset=entry.name in reset,
                     source_credentials=bundle.secret(dataset.spec.source.credentials_secret_ref),
+                    reset_token=reset_token if entry.name in reset else None,
+                    export_time=export_time,
                 )
             )
     return out

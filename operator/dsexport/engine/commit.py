@@ -39,7 +39,7 @@ def slot_folder(folder: str, dataset_id: str, export_time: str) -> str:
 def read_state(transport: Transport, prefix: str, *, dataset_id: str) -> DatasetState:
     """Find the latest committed export by walking slot folders from the newest.
 
-    Slot folders sort by name as by time. Commits only move forward in time (``check_order``), so the newest
+    Slot folders sort by name as by time. Commits only move forward in time (``is_behind``), so the newest
     folder that holds a manifest carries the current watermark; usually that is the first folder looked at. The
     manifest is validated (see ``manifest.parse``) before anything in it is used.
     """
@@ -84,13 +84,11 @@ def commit(transport: Transport, folder: str, manifest: Manifest) -> None:
     transport.put(join(folder, SUCCESS), b"")
 
 
-def check_order(state: DatasetState, export_time: str, *, where: str) -> None:
-    """Refuse to commit behind the latest commit: recovery reads the newest folder as the watermark."""
-    if state.latest_slot is not None and export_time < state.latest_slot:
-        raise StateError(
-            f"{where}: exportTime {export_time} is before the latest committed export {state.latest_slot}; "
-            "exports of a dataset move forward in time: run at a later time, or reset the dataset to start over"
-        )
+def is_behind(state: DatasetState, export_time: str) -> bool:
+    """Whether ``export_time`` is before the latest commit, where nothing may be committed: recovery reads the
+    newest committed folder as the watermark, so a commit behind it would be ignored by every later run. The
+    latest commit exported everything up to a later time, so it already covers such a run's data."""
+    return state.latest_slot is not None and export_time < state.latest_slot
 
 
 def check_owner(state: DatasetState, dataset_export: str, *, where: str) -> None:

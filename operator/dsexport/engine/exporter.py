@@ -5,8 +5,8 @@ part names are a function of (DatasetExport, dataset, exportTime, index), and le
 are deleted before writing; the manifest is written last and create-only. A run killed anywhere therefore either
 committed everything or left nothing that a retry will not remove.
 
-A phase that finds nothing more to do (the slot is already committed, nothing is new) ends the export with a
-:class:`Finished`, which is an outcome, not an error.
+A phase that finds nothing more to do (the slot is already committed, or is behind the latest commit, which covers
+it; nothing is new) ends the export with a :class:`Finished`, which is an outcome, not an error.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import base64
 import datetime as dt
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from dsexport import api
 from dsexport.destinations import Transport
 from dsexport.engine import commit, jsonenc, schedule, watermark, writers
 from dsexport.engine.manifest import (
+    RESET_TOKEN_PATTERN,
     ColumnState,
     FileFormat,
     FilesState,
@@ -39,7 +41,7 @@ from dsexport.engine.prefetch import prefetch
 from dsexport.engine.result import DatasetResult, Outcome
 from dsexport.engine.sources import Source, SourceFile
 from dsexport.engine.writers import PartFile, write_parts
-from dsexport.errors import ConfigError, DsexportError
+from dsexport.errors import ConfigError, DsexportError, StateError
 
 PREFETCH_BATCHES = 1
 
@@ -58,6 +60,12 @@ class ExportRequest:
     at: dt.datetime
     reset: bool = False
     source_credentials: Mapping[str, str] = field(default_factory=dict)
+    # Identifies one reset request, so that it takes effect once: a reset whose token the latest commit already
+    # carries was applied by an earlier attempt, and this one continues incrementally instead.
+    reset_token: str | None = None
+    # YYYYMMDDHHMM (UTC): the exportTime folder to write to instead of the slot of ``at``, so that every attempt
+    # of a run-now Job lands in the folder of the minute it was created.
+    export_time: str | None = None
 
 
 class Finished(Exception):  # noqa: N818 - an outcome, raised only to leave the phases early
@@ -82,7 +90,7 @@ class Slot:
 
     @classmethod
     def of(cls, request: ExportRequest, transport: Transport) -> Slot:
-        export_time = schedule.export_time_folder(schedule.export_slot(request.schedule, request.at))
+        export_time = _export_time(request)
         folder, dataset_id = request.destination.spec.folder, request.dataset.dataset_id
         prefix = commit.dataset_prefix(folder, dataset_id)
         return cls(
@@ -100,6 +108,9 @@ class Recovered:
 
     latest: Manifest | None
     previous_state: FilesState | ColumnState | None  # None: a full export (backfill, reset or mode full)
+    reset: bool = False  # this run starts a new watermark chain (False for a reset an earlier attempt applied)
+    reset_already_applied: bool = False
+    reset_token: str | None = None  # what the manifest records: this reset's, or the one carried forward
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,15 @@ class Written:
     schema: pa.Schema
     state: FilesState | ColumnState
     range: WatermarkRange
+
+
+def _export_time(request: ExportRequest) -> str:
+    if request.export_time is None:
+        return schedule.export_time_folder(schedule.export_slot(request.schedule, request.at))
+    try:
+        return schedule.export_time_folder(schedule.parse_export_time(request.export_time))
+    except ValueError as e:
+        raise ConfigError(f"the requested export time is invalid: {e}") from None
 
 
 def run_id(dataset_export: str, dataset_id: str, export_time: str) -> str:
@@ -174,32 +194,71 @@ def _export(
         bytes=manifest.bytes,
         files=len(manifest.files),
         watermark=manifest.watermark,
-        message=_describe(request, backfill=recovered.previous_state is None),
+        message=_describe(request, recovered),
     )
 
 
 def recover(request: ExportRequest, *, transport: Transport, slot: Slot) -> Recovered:
     """Read the dataset's state from the destination alone, refuse what would lose or duplicate rows, and remove
-    the leftovers of killed runs."""
+    the leftovers of killed runs.
+
+    A run behind the latest commit (a scheduled run starting late after a run-now) ends without writing: the
+    latest commit already exported everything up to a later time, and nothing may be committed behind it. A
+    reset is the exception, since nothing covers it: unless the latest commit carries its token, it is refused.
+    """
+    if request.reset_token is not None and not re.fullmatch(RESET_TOKEN_PATTERN, request.reset_token):
+        raise ConfigError(f"reset token {request.reset_token!r} is not 1 to 64 characters of A-Z a-z 0-9 . _ -")
     state = commit.read_state(transport, slot.prefix, dataset_id=request.dataset.dataset_id)
     commit.check_owner(state, request.dataset_export, where=slot.where)
+    latest = state.latest
+    covered = latest.watermark if latest else None
     if state.latest_slot == slot.export_time or commit.is_committed(transport, slot.folder):
         commit.finish_committed(transport, slot.folder)
         _log("recover", request, slot, latest=state.latest_slot, committed=True)
         raise Finished(
             Outcome.already_committed,
             f"exportTime {slot.export_time} is already committed; a later slot exports what is new",
-            state.latest.watermark if state.latest else None,
+            covered,
         )
-    commit.check_order(state, slot.export_time, where=slot.where)
+    applied = (
+        request.reset
+        and request.reset_token is not None
+        and latest is not None
+        and latest.reset_token == request.reset_token
+    )
+    if commit.is_behind(state, slot.export_time):
+        if request.reset and not applied:
+            raise StateError(
+                f"{slot.where}: exportTime {slot.export_time} is before the latest committed export "
+                f"{state.latest_slot}, where the reset cannot be committed: reset again at a later exportTime"
+            )
+        # Only this slot's own folder is cleaned (an earlier attempt's parts, never committed): folders newer
+        # than the latest commit may belong to a run in progress, and no later run looks behind the latest.
+        cleaned = commit.clean_folder(transport, slot.folder)
+        _log("recover", request, slot, latest=state.latest_slot, behind=True, leftoverFiles=cleaned)
+        raise Finished(
+            Outcome.already_committed,
+            f"exportTime {slot.export_time} is before the latest committed export {state.latest_slot}, which "
+            "already covers it; a later slot exports what is new",
+            covered,
+        )
     for leftover in state.uncommitted:
         commit.clean_folder(
             transport, commit.slot_folder(request.destination.spec.folder, request.dataset.dataset_id, leftover)
         )
-    incremental = request.mode == api.Mode.incremental and not request.reset
-    previous = state.latest.state if (incremental and state.latest is not None) else None
-    _log("recover", request, slot, latest=state.latest_slot, leftovers=len(state.uncommitted))
-    return Recovered(latest=state.latest, previous_state=previous)
+    reset = request.reset and not applied
+    incremental = request.mode == api.Mode.incremental and not reset
+    previous = latest.state if (incremental and latest is not None) else None
+    # A reset the latest commit carries the token of was applied by an earlier attempt: say so, and continue.
+    said = {"resetAlreadyApplied": True} if applied else {}
+    _log("recover", request, slot, latest=state.latest_slot, leftovers=len(state.uncommitted), **said)
+    return Recovered(
+        latest=latest,
+        previous_state=previous,
+        reset=reset,
+        reset_already_applied=applied,
+        reset_token=request.reset_token if reset else (latest.reset_token if latest else None),
+    )
 
 
 def select(request: ExportRequest, recovered: Recovered) -> Selection:
@@ -294,7 +353,7 @@ def build_manifest(
         sequence=latest.sequence + 1 if latest else 1,
         mode=request.mode.value,
         backfill=recovered.previous_state is None,
-        reset=request.reset,
+        reset=recovered.reset,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         format=FileFormat(type=fmt.type.value, compression=fmt.effective_compression),
         records=sum(p.records for p in written.parts),
@@ -307,15 +366,18 @@ def build_manifest(
             arrow=base64.b64encode(file_schema.serialize().to_pybytes()).decode(),
         ),
         source_files=[f.path for f in selection.files] if selection.cursor is None else None,
+        reset_token=recovered.reset_token,
     )
 
 
-def _describe(request: ExportRequest, *, backfill: bool) -> str:
+def _describe(request: ExportRequest, recovered: Recovered) -> str:
     if request.mode == api.Mode.full:
         return "full snapshot"
-    if request.reset:
+    if recovered.reset:
         return "full backfill (reset)"
-    return "full backfill" if backfill else "incremental"
+    if recovered.previous_state is None:
+        return "full backfill"
+    return "incremental (the reset was already applied)" if recovered.reset_already_applied else "incremental"
 
 
 def _log(phase: str, request: ExportRequest, slot: Slot, **counts: object) -> None:

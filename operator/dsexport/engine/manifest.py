@@ -5,7 +5,8 @@ the destination, so a damaged, truncated or foreign file there must stop the run
 never be half-trusted and never crash it. Everything read back goes through :func:`parse`.
 
 Version 2 names the DatasetExport ``datasetExport``; version 1 (the first release) called it ``flow`` and is still
-read.
+read. Optional keys added since (``resetToken``) do not change the version: they are left out when unset, and
+readers that predate them ignore unknown keys.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dsexport.errors import StateError
 MANIFEST_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 EXPORT_TIME_PATTERN = r"^[0-9]{12}$"
+RESET_TOKEN_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"  # noqa: S105 - a pattern, not a secret
 
 
 class Model(BaseModel):
@@ -111,6 +113,10 @@ class Manifest(Model):
     state: WatermarkState
     schema_: Annotated[ManifestSchema, Field(alias="schema")]
     source_files: Annotated[list[str] | None, Field(exclude_if=lambda v: v is None)] = None
+    # The token of the reset that started this watermark chain, carried forward by every later commit of the
+    # chain, so that a retried reset is recognised as applied (see ``exporter.recover``). Absent before the first
+    # reset with a token; readers that predate it ignore the key (``extra="ignore"``).
+    reset_token: Annotated[str | None, Field(pattern=RESET_TOKEN_PATTERN, exclude_if=lambda v: v is None)] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

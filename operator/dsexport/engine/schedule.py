@@ -83,6 +83,21 @@ def cron_schedule(schedule: Schedule) -> CronSchedule:
     return CronSchedule(expression=expression, time_zone=CRON_TIME_ZONE)
 
 
+def describe(schedule: Schedule) -> str:
+    """The schedule for people, as ``kubectl get`` shows it: ``daily at 09:30 UTC from 2026-12-01``."""
+    if schedule.frequency == Frequency.once:
+        return f"once on {schedule.start_date} at {schedule.time} UTC"
+    if schedule.frequency == Frequency.hourly:
+        text = f"every {schedule.interval}h from {schedule.time} UTC"
+    else:
+        text = f"daily at {schedule.time} UTC"
+    if schedule.start_date:
+        text += f" from {schedule.start_date}"
+    if schedule.end_date:
+        text += f" until {schedule.end_date}"
+    return text
+
+
 def active_window(schedule: Schedule) -> tuple[datetime | None, datetime | None]:
     """When a schedule may fire: from midnight UTC of ``startDate`` to its last slot (None: unbounded).
 
