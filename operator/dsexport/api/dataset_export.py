@@ -110,7 +110,7 @@ class DatasetExport(Resource):
         {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
         {"name": "Schedule", "type": "string", "jsonPath": ".status.schedule"},
         {"name": "Last export", "type": "date", "jsonPath": ".status.lastExportTime"},
-        {"name": "Next export", "type": "date", "jsonPath": ".status.nextExportTime"},
+        {"name": "Next export", "type": "string", "jsonPath": ".status.nextExportTime"},
         {"name": "Destination", "type": "string", "jsonPath": ".spec.destinationRef.name", "priority": 1},
         {"name": "Result", "type": "string", "jsonPath": ".status.lastExport.result", "priority": 1},
         {"name": "Records", "type": "integer", "jsonPath": ".status.lastExport.records", "priority": 1},

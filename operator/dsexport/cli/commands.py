@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import re
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,11 @@ def main(verbose: bool) -> None:
     type=click.Path(dir_okay=False, writable=True),
     help="Also write the result as compact JSON here (in a pod: /dev/termination-log, at most 4 KiB).",
 )
+@click.option(
+    "--report-status",
+    is_flag=True,
+    help="In an exporter pod: also record the whole result in the status of the one --export DatasetExport.",
+)
 @_secrets_option
 def run(
     *,
@@ -129,8 +135,11 @@ def run(
     output: str,
     result_file: str | None,
     secret_folders: tuple[str, ...],
+    report_status: bool = False,
 ) -> None:
     """Run the DatasetExports in FILES once and print a summary; exit 1 if any dataset failed."""
+    if report_status and len(exports) != 1:
+        raise click.UsageError("--report-status reports to one DatasetExport: give exactly one --export")
     if at is not None and export_time is not None:
         raise click.UsageError("--at and --export-time both choose the exportTime folder: give one of them")
     if reset_token is not None and not resets:
@@ -161,6 +170,8 @@ def run(
             Path(result_file).write_text(report.termination_message())
         except OSError as e:
             click.echo(f"error: cannot write the result to {result_file}: {e.strerror}", err=True)
+    if report_status:
+        _report(exports[0], report)
     if output == "json":
         click.echo(json.dumps(report.to_json_dict(), indent=2))
     else:
@@ -174,6 +185,17 @@ def run(
                 click.echo(f"error: {r.dataset_export}/{r.dataset}: {r.message}{hint}", err=True)
     if not report.ok:
         raise SystemExit(EXIT_FAILED)
+
+
+def _report(dataset_export: str, result: RunResult) -> None:
+    """The result into the DatasetExport's status; a failure to report is logged, never turned into a failed
+    export (the data is committed, and a retry would only find it so)."""
+    from dsexport.operator.report import ReportError, report_result  # noqa: PLC0415 - pods only: loads the client
+
+    try:
+        report_result(dataset_export=dataset_export, result_json=json.dumps(result.to_json_dict()))
+    except ReportError as e:
+        click.echo(f"warning: {e}; the termination message still holds a summary", err=True)
 
 
 @main.command()
@@ -248,3 +270,37 @@ def schedule_cmd(files: tuple[str, ...], count: int, after: str | None, output: 
         click.echo(f"{row['datasetExport']}/{row['dataset']}: cron {row['cron']!r} ({row['timeZone']})")
         for t in row["next"] or ["(no more exports: the schedule has ended)"]:
             click.echo(f"  {t}")
+
+
+@main.command()
+@click.option(
+    "--kubeconfig", type=click.Path(dir_okay=False), help="Default: in a pod its service account, else ~/.kube/config."
+)
+@click.option("--namespace", "namespaces", multiple=True, help="Watch only this namespace (repeatable; default: all).")
+@click.option("--image", default=f"dsexport:{version('dsexport')}", show_default=True, help="The exporter pods' image.")
+@click.option(
+    "--image-pull-policy",
+    type=click.Choice(["Always", "IfNotPresent", "Never"]),
+    default="IfNotPresent",
+    show_default=True,
+)
+@click.option(
+    "--health-address",
+    default="0.0.0.0:8080",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Serves /healthz for the liveness probe.",
+)
+def operator(
+    *, kubeconfig: str | None, namespaces: tuple[str, ...], image: str, image_pull_policy: str, health_address: str
+) -> None:
+    """Run the operator: reconcile Datasets, Destinations and DatasetExports into CronJobs until stopped."""
+    from dsexport.operator.main import run as run_operator  # noqa: PLC0415 - kopf loads only for this command
+
+    run_operator(
+        kubeconfig=kubeconfig,
+        namespaces=namespaces,
+        image=image,
+        image_pull_policy=image_pull_policy,
+        health_address=health_address,
+    )

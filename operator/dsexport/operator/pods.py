@@ -17,6 +17,8 @@ SECRETS_MOUNT: Final = "/var/run/dsexport/secrets"
 TERMINATION_LOG: Final = "/dev/termination-log"
 CONTAINER: Final = "exporter"
 UID: Final = 65532  # the image's USER
+POD_NAME_ENV: Final = "DSEXPORT_POD_NAME"
+NAMESPACE_ENV: Final = "DSEXPORT_NAMESPACE"
 
 
 def exporter_pod_template(
@@ -31,11 +33,14 @@ def exporter_pod_template(
     resources: Mapping[str, Any] | None = None,
     volumes: Sequence[Mapping[str, Any]] = (),
     volume_mounts: Sequence[Mapping[str, Any]] = (),
+    report_status: bool = False,
 ) -> dict[str, Any]:
     """A pod template (``metadata`` and ``spec``) for one run of the flow in ConfigMap ``config_map``.
 
     ``args`` are appended to ``dsexport run`` (e.g. ``--export NAME``, ``--reset DATASET``); ``volumes`` and
-    ``volume_mounts`` add what a filesystem Destination or a local-path source needs.
+    ``volume_mounts`` add what a filesystem Destination or a local-path source needs. With ``report_status`` the
+    pod gets its service account's token and its own name and namespace, to patch its result into the status of
+    its DatasetExport (``--report-status``).
     """
     secret_volumes = [
         {"name": f"secret-{i}", "secret": {"secretName": name, "defaultMode": 0o400}} for i, name in enumerate(secrets)
@@ -60,7 +65,17 @@ def exporter_pod_template(
             "json",
             *args,
         ],
-        "env": [{"name": "DSEXPORT_LOG_FORMAT", "value": "json"}],
+        "env": [
+            {"name": "DSEXPORT_LOG_FORMAT", "value": "json"},
+            *(
+                [
+                    {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": NAMESPACE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                ]
+                if report_status
+                else []
+            ),
+        ],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
         "securityContext": {
@@ -81,7 +96,8 @@ def exporter_pod_template(
         container["resources"] = dict(resources)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "automountServiceAccountToken": False,  # the exporter never talks to the API server
+        # Only to report its result: the token's account may patch this DatasetExport's status, nothing else.
+        "automountServiceAccountToken": report_status,
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,

@@ -121,6 +121,80 @@ def in_window(schedule: api.Schedule, now: dt.datetime) -> bool:
     return closes is None or now <= closes + dt.timedelta(seconds=STARTING_DEADLINE_SECONDS)
 
 
+def exporter_account_name(dataset_export: str) -> str:
+    return _name(dataset_export, "exporter")
+
+
+def exporter_access(*, dataset_export: str, owner_uid: str) -> list[dict[str, Any]]:
+    """The exporter pods' identity: a ServiceAccount that may patch the status of this DatasetExport and nothing
+    else, so a pod reports its complete result (a termination message holds only 4 KiB)."""
+    name = exporter_account_name(dataset_export)
+    meta = {
+        "name": name,
+        "labels": labels(dataset_export, "exporter"),
+        "ownerReferences": [owner_reference(name=dataset_export, uid=owner_uid)],
+    }
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta, "automountServiceAccountToken": False},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": [
+                {
+                    "apiGroups": [api.GROUP],
+                    "resources": ["datasetexports/status"],
+                    "resourceNames": [dataset_export],
+                    "verbs": ["patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name}],
+        },
+    ]
+
+
+def _local_path(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
+def claim_volumes(
+    *, datasets: Sequence[api.Dataset], destination: api.Destination
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts for the PersistentVolumeClaims named in the specs: a filesystem Destination's claim at
+    its path (read-write), each local-path source's claim at its path (read-only)."""
+    volumes: dict[str, dict[str, Any]] = {}
+    mounts: list[dict[str, Any]] = []
+
+    def volume(claim: str, *, read_only: bool) -> str:
+        key = f"claim-{len(volumes)}"
+        found = next((k for k, v in volumes.items() if v["persistentVolumeClaim"]["claimName"] == claim), None)
+        if found is None:
+            volumes[key] = {"name": key, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+            found = key
+        elif not read_only:
+            volumes[found]["persistentVolumeClaim"]["readOnly"] = False
+        return found
+
+    fs = destination.spec.filesystem
+    if fs is not None and fs.claim_name:
+        mounts.append({"name": volume(fs.claim_name, read_only=False), "mountPath": fs.path})
+    for dataset in sorted(datasets, key=lambda d: d.metadata.name):
+        source = dataset.spec.source
+        if source.claim_name:
+            path = _local_path(source.uri)
+            if any(m["mountPath"] == path for m in mounts):
+                continue
+            name = volume(source.claim_name, read_only=True)
+            mounts.append({"name": name, "mountPath": path, "readOnly": True})
+    return list(volumes.values()), mounts
+
+
 def cron_job(
     *,
     dataset_export: api.DatasetExport,
@@ -133,6 +207,8 @@ def cron_job(
     timeout_seconds: int | None = None,
     volumes: Sequence[Mapping[str, Any]] = (),
     volume_mounts: Sequence[Mapping[str, Any]] = (),
+    report_status: bool = False,
+    image_pull_policy: str = "IfNotPresent",
 ) -> dict[str, Any]:
     """The CronJob that runs ``group``'s datasets at their schedule's slots, suspended outside its window."""
     name = dataset_export.metadata.name
@@ -141,7 +217,11 @@ def cron_job(
     args = ["--export", name]
     for dataset in group.datasets:
         args += ["--dataset", dataset]
+    if report_status:
+        args.append("--report-status")
     template = exporter_pod_template(
+        image_pull_policy=image_pull_policy,
+        report_status=report_status,
         image=image,
         config_map=config_map_name(name),
         secrets=sorted(set(secrets)),
@@ -173,6 +253,30 @@ def cron_job(
             "jobTemplate": {"metadata": {"labels": job_labels}, "spec": job_spec},
         },
     }
+
+
+def run_job(*, cron_job: Mapping[str, Any], name: str, owner: Mapping[str, Any], args: Sequence[str]) -> dict[str, Any]:
+    """A Job from a CronJob's template, now (``dsexport.io/run-now``, ``dsexport.io/reset``), owned by the
+    DatasetExport, its exporter running with ``args``. Its name derives from the annotation's value, so acting
+    on one value twice (an operator restarted half way) finds the Job there instead of running a second one."""
+    template = cron_job["spec"]["jobTemplate"]
+    spec = json.loads(json.dumps(template["spec"]))
+    spec["template"]["spec"]["containers"][0]["args"] = list(args)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "labels": dict(template["metadata"]["labels"]),
+            "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
+            "ownerReferences": [dict(owner)],
+        },
+        "spec": spec,
+    }
+
+
+def job_name(dataset_export: str, suffix: str) -> str:
+    return _name(dataset_export, suffix)
 
 
 def _name(dataset_export: str, suffix: str) -> str:

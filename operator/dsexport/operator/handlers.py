@@ -1,0 +1,247 @@
+"""The kopf wiring: which watch events reconcile what. The only module that imports kopf.
+
+Datasets, Destinations and DatasetExports are indexed in memory, so a change of a Dataset or a Destination
+reconciles exactly the flows that reference it, without listing anything; a referenced object that appears later
+is seen by its watch, not found by polling. Export Jobs are watched to record each finished one in its flow's
+status. A light timer per flow only checks the clock (a schedule's window opening or closing, the next slot) and
+reconciles when that changed something.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import kopf
+from pydantic import ValidationError
+
+from dsexport import api
+from dsexport.api.status import DatasetStatus, DestinationStatus
+from dsexport.operator import desired, render
+from dsexport.operator.kube import Kube
+from dsexport.operator.reconcile import Event, Outcome, Reconciler
+from dsexport.operator.results import now_text
+
+TIMER_SECONDS: Final = 60.0
+RETRY_SECONDS: Final = 10.0
+MANAGED: Final = {"app.kubernetes.io/managed-by": "dsexport-operator"}
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    kubeconfig: str | None = None
+    settings: desired.Settings = field(default_factory=desired.Settings)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _one(store: Any) -> Any:
+    """The single value an index holds for a key, or None."""
+    for value in store or ():
+        return value
+    return None
+
+
+def _dataset(body: Mapping[str, Any]) -> api.Dataset | None:
+    try:
+        return api.Dataset.model_validate(dict(body))
+    except ValidationError:
+        return None
+
+
+def _destination(body: Mapping[str, Any]) -> api.Destination | None:
+    try:
+        return api.Destination.model_validate(dict(body))
+    except ValidationError:
+        return None
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+
+
+def _configure(**kwargs: Any) -> None:
+    settings: kopf.OperatorSettings = kwargs["settings"]
+    # The status schema is structural: kopf keeps its bookkeeping in annotations instead of status.kopf.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dsexport.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="dsexport.io", key="last-handled-configuration"
+    )
+    settings.posting.loggers = False  # Events are posted on purpose, not for every log line
+    settings.persistence.finalizer = "dsexport.io/operator"  # the timers' (kopf stops them on deletion)
+    settings.execution.max_workers = 8
+    settings.watching.server_timeout = 300
+    settings.networking.error_backoffs = [1, 2, 5, 10]
+
+
+def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own connection: the pod's service account, else the kubeconfig (``--kubeconfig`` sets KUBECONFIG)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def _dataset_bodies(**kwargs: Any) -> dict[Any, Any]:
+    return {(kwargs["namespace"], kwargs["name"]): _dataset(kwargs["body"])}
+
+
+def _destination_bodies(**kwargs: Any) -> dict[Any, Any]:
+    return {(kwargs["namespace"], kwargs["name"]): _destination(kwargs["body"])}
+
+
+def _flow_refs(**kwargs: Any) -> dict[Any, Any]:
+    namespace, name, spec = kwargs["namespace"], kwargs["name"], kwargs["spec"]
+    keys: dict[Any, Any] = {(namespace, "Dataset", d.get("name")): name for d in spec.get("datasets") or []}
+    keys[(namespace, "Destination", (spec.get("destinationRef") or {}).get("name"))] = name
+    return keys
+
+
+def _flow_bodies(**kwargs: Any) -> dict[Any, Any]:
+    return {(kwargs["namespace"], kwargs["name"]): _plain(kwargs["body"])}
+
+
+_USERS: Final = {"Dataset": ("datasets", DatasetStatus), "Destination": ("destinations", DestinationStatus)}
+
+
+class _Handlers:
+    """The handlers' logic, bound to one API connection; kopf passes everything as keyword arguments."""
+
+    def __init__(self, kube: Kube, reconciler: Reconciler) -> None:
+        self.kube = kube
+        self.reconciler = reconciler
+
+    @staticmethod
+    def post(body: Mapping[str, Any], events: Iterable[Event]) -> None:
+        for event in events:
+            kopf.event(
+                dict(body),  # type: ignore[arg-type]
+                type=event.type,
+                reason=event.reason,
+                message=event.message[:1024],
+            )
+
+    def reconcile_flow(self, body: Mapping[str, Any], indexes: Mapping[str, Any]) -> Outcome:
+        namespace = body["metadata"]["namespace"]
+        spec = body.get("spec") or {}
+        datasets = {}
+        for entry in spec.get("datasets") or []:
+            found = _one(indexes["_dataset_bodies"].get((namespace, entry.get("name"))))
+            if found is not None:
+                datasets[entry["name"]] = found
+        ref = (spec.get("destinationRef") or {}).get("name")
+        destination = _one(indexes["_destination_bodies"].get((namespace, ref)))
+        outcome = self.reconciler.flow(body, datasets=datasets, destination=destination, now=_now())
+        self.post(body, outcome.events)
+        return outcome
+
+    def used_by(self, *, kind: str, namespace: str, name: str, refs: Any) -> None:
+        """A Dataset's or Destination's ``usedBy``: the flows that reference it (written only when it changed)."""
+        plural, model = _USERS[kind]
+        users = sorted(set(refs.get((namespace, kind, name)) or ()))
+
+        def mutate(status: Any, obj: dict[str, Any]) -> None:
+            status.used_by = users
+            status.observed_generation = obj["metadata"].get("generation")
+
+        self.kube.update_status(plural=plural, namespace=namespace, name=name, model=model, mutate=mutate)
+
+    def refresh_users(self, namespace: str, specs: Iterable[Mapping[str, Any]], refs: Any) -> None:
+        datasets = {d.get("name") for s in specs for d in s.get("datasets") or []}
+        destinations = {(s.get("destinationRef") or {}).get("name") for s in specs}
+        for name in sorted(n for n in datasets if n):
+            self.used_by(kind="Dataset", namespace=namespace, name=name, refs=refs)
+        for name in sorted(n for n in destinations if n):
+            self.used_by(kind="Destination", namespace=namespace, name=name, refs=refs)
+
+    def flow_changed(self, **kwargs: Any) -> None:
+        body = kwargs["body"]
+        self.reconcile_flow(body, kwargs)
+        specs = [body.get("spec") or {}, (kwargs.get("old") or {}).get("spec") or {}]
+        self.refresh_users(body["metadata"]["namespace"], specs, kwargs["_flow_refs"])
+
+    def flow_deleted(self, **kwargs: Any) -> None:
+        body = kwargs["body"]
+        self.refresh_users(body["metadata"]["namespace"], [body.get("spec") or {}], kwargs["_flow_refs"])
+
+    def clock(self, **kwargs: Any) -> None:
+        """Reconcile only when time changed what the flow should look like: a window opened or closed, a slot
+        passed (nextExportTime), or the last reconciliation did not finish."""
+        body = kwargs["body"]
+        try:
+            flow = api.DatasetExport.model_validate(dict(body))
+        except ValidationError:
+            return
+        now = _now()
+        groups = render.schedule_groups(flow)
+        status = body.get("status") or {}
+        upcoming = desired.next_export(groups, now=now, suspended=flow.spec.suspend)
+        expected = now_text(upcoming) if upcoming else None
+        earlier = now - dt.timedelta(seconds=TIMER_SECONDS * 2)
+        flipped = any(render.in_window(g.schedule, now) != render.in_window(g.schedule, earlier) for g in groups)
+        stale = status.get("observedGeneration") != body["metadata"].get("generation")
+        if flipped or stale or status.get("nextExportTime") != expected:
+            self.reconcile_flow(body, kwargs)
+
+    def referenced_changed(self, kind: str, kwargs: Mapping[str, Any]) -> None:
+        """A Dataset or Destination event: reconcile the flows that use it, and keep its usedBy current."""
+        namespace, name, refs = kwargs["namespace"], kwargs["name"], kwargs["_flow_refs"]
+        if kwargs["type"] is None:  # the initial listing: every flow is resumed anyway
+            if refs.get((namespace, kind, name)):
+                self.used_by(kind=kind, namespace=namespace, name=name, refs=refs)
+            return
+        for flow in sorted(set(refs.get((namespace, kind, name)) or ())):
+            body = _one(kwargs["_flow_bodies"].get((namespace, flow)))
+            if body is not None:
+                self.reconcile_flow(body, kwargs)
+        if kwargs["type"] != "DELETED":
+            self.used_by(kind=kind, namespace=namespace, name=name, refs=refs)
+
+    def dataset_event(self, **kwargs: Any) -> None:
+        self.referenced_changed("Dataset", kwargs)
+
+    def destination_event(self, **kwargs: Any) -> None:
+        self.referenced_changed("Destination", kwargs)
+
+    def job_event(self, **kwargs: Any) -> None:
+        body = kwargs["body"]
+        if kwargs["type"] == "DELETED":
+            return
+        outcome = self.reconciler.job(body, now=_now())
+        if outcome.events and outcome.status is not None:
+            flow = {
+                "apiVersion": api.API_VERSION,
+                "kind": "DatasetExport",
+                "metadata": {
+                    "name": (body["metadata"].get("labels") or {}).get(render.LABEL_EXPORT),
+                    "namespace": body["metadata"]["namespace"],
+                    "uid": outcome.uid,
+                },
+            }
+            self.post(flow, outcome.events)
+
+
+def build(options: Options) -> kopf.OperatorRegistry:
+    """A registry with every handler, bound to one API connection."""
+    registry = kopf.OperatorRegistry()
+    kube = Kube.connect(options.kubeconfig)
+    h = _Handlers(kube, Reconciler(kube, options.settings))
+    group, version, flows = api.GROUP, api.VERSION, "datasetexports"
+    kopf.on.startup(registry=registry)(_configure)
+    kopf.on.login(registry=registry)(_login)
+    kopf.index(group, version, "datasets", registry=registry)(_dataset_bodies)
+    kopf.index(group, version, "destinations", registry=registry)(_destination_bodies)
+    kopf.index(group, version, flows, registry=registry)(_flow_refs)
+    kopf.index(group, version, flows, registry=registry)(_flow_bodies)
+    for on in (kopf.on.resume, kopf.on.create, kopf.on.update):
+        on(group, version, flows, registry=registry, backoff=RETRY_SECONDS)(h.flow_changed)
+    kopf.on.delete(group, version, flows, registry=registry, optional=True)(h.flow_deleted)
+    kopf.timer(group, version, flows, registry=registry, interval=TIMER_SECONDS, idle=TIMER_SECONDS)(h.clock)
+    kopf.on.event(group, version, "datasets", registry=registry)(h.dataset_event)
+    kopf.on.event(group, version, "destinations", registry=registry)(h.destination_event)
+    kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)(h.job_event)
+    return registry

@@ -1,0 +1,272 @@
+"""One DatasetExport's reconciliation and one finished Job's recording, on top of ``kube`` (no kopf here).
+
+The handlers call these with what kopf's indexes already hold (the Datasets and Destinations, so no extra reads)
+and post the Events they return. Everything is idempotent: running a step twice, or after a crash half way,
+writes nothing the first run did not, and creates no second Job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from dsexport import api
+from dsexport.api.status import CronJobRef, DatasetExportStatus
+from dsexport.engine import schedule as schedules
+from dsexport.operator import desired as desired_state
+from dsexport.operator import render, results
+from dsexport.operator.kube import Kube
+
+RUN_NOW: Final = "dsexport.io/run-now"
+RESET: Final = "dsexport.io/reset"
+READY: Final = "Ready"
+DESTINATION_AVAILABLE: Final = "DestinationAvailable"
+PLURAL: Final = "datasetexports"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    events: list[Event] = field(default_factory=list)
+    status: DatasetExportStatus | None = None
+    uid: str | None = None  # the DatasetExport's, for the Events' involvedObject
+
+
+def _export_time(now: dt.datetime, status: Mapping[str, Any]) -> str:
+    """The exportTime of a Job started now: this minute, or the minute after the newest export the status knows
+    of, whichever is later (a reset right after a run-now in the same minute would otherwise find its folder
+    committed and do nothing)."""
+    minute = now.astimezone(dt.UTC).replace(second=0, microsecond=0)
+    for entry in status.get("datasets") or []:
+        last = entry.get("lastExportTime")
+        if isinstance(last, str):
+            try:
+                minute = max(minute, schedules.parse_export_time(last) + dt.timedelta(minutes=1))
+            except ValueError:
+                continue
+    return schedules.export_time_folder(minute)
+
+
+def _token(uid: str, value: str) -> str:
+    return hashlib.sha256(f"{uid}/{value}".encode()).hexdigest()[:16]
+
+
+def _with_datasets(args: list[str], datasets: list[str]) -> list[str]:
+    """``args`` with its ``--dataset`` options replaced by ``datasets``."""
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--dataset":
+            skip = True
+            continue
+        out.append(arg)
+    for name in datasets:
+        out += ["--dataset", name]
+    return out
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, settings: desired_state.Settings) -> None:
+        self.kube = kube
+        self.settings = settings
+
+    def flow(
+        self,
+        body: Mapping[str, Any],
+        *,
+        datasets: Mapping[str, api.Dataset],
+        destination: api.Destination | None,
+        now: dt.datetime,
+    ) -> Outcome:
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        out = Outcome()
+        try:
+            flow = api.DatasetExport.model_validate(body)
+        except ValidationError as e:
+            message = f"the spec is not valid: {e.errors()[0]['msg']}"
+            out.status = self._status(body, now=now, ready=(False, "InvalidSpec", message), flow=None, plan=None)
+            out.events.append(Event("Warning", "InvalidSpec", message))
+            return out
+        plan = desired_state.desired(
+            flow=flow, uid=uid, datasets=datasets, destination=destination, now=now, settings=self.settings
+        )
+        for obj in plan.objects:
+            self.kube.ensure(obj, namespace=namespace)
+        wanted = {c["metadata"]["name"] for _, c in plan.cron_jobs}
+        for stale in self.kube.owned_names(
+            api_version="batch/v1", kind="CronJob", namespace=namespace, dataset_export=name
+        ):
+            if stale not in wanted:
+                self.kube.delete(api_version="batch/v1", kind="CronJob", name=stale, namespace=namespace)
+        out.events += self._annotations(flow, uid=uid, plan=plan, at=_export_time(now, body.get("status") or {}))
+
+        if plan.problems:
+            ready = (False, plan.problems[0].reason, "; ".join(p.message for p in plan.problems))
+        elif flow.spec.suspend:
+            ready = (True, "Suspended", "spec.suspend is true: no export is scheduled")
+        elif desired_state.finished([g for g, _ in plan.cron_jobs], now=now):
+            ready = (True, "Finished", "the schedule has no slot left: no export is scheduled any more")
+        else:
+            ready = (True, "Scheduled", f"{len(plan.cron_jobs)} CronJob(s) export {len(flow.spec.datasets)} dataset(s)")
+        before = self.kube.get_custom(plural=PLURAL, namespace=namespace, name=name)
+        previous = DatasetExportStatus.model_validate((before or {}).get("status") or {})
+        was = next((c for c in previous.conditions if c.type == READY), None)
+        out.status = self._status(body, now=now, ready=ready, flow=flow, plan=plan, destination=destination)
+        if was is None or was.reason != ready[1]:
+            out.events.append(Event("Normal" if ready[0] else "Warning", ready[1], ready[2]))
+        return out
+
+    def _annotations(self, flow: api.DatasetExport, *, uid: str, plan: desired_state.Desired, at: str) -> list[Event]:
+        """Act on ``dsexport.io/run-now`` and ``dsexport.io/reset``, then remove them (consumed)."""
+        annotations = flow.metadata.annotations
+        name, namespace = flow.metadata.name, flow.metadata.namespace
+        events: list[Event] = []
+        consumed: dict[str, None] = {}
+        owner = render.owner_reference(name=name, uid=uid)
+        minute = at
+        if RUN_NOW in annotations:
+            token = _token(uid, "run-now/" + annotations[RUN_NOW])
+            created = 0
+            for group, cron in plan.cron_jobs:
+                job_name = render.job_name(name, f"{group.key}-n{token[:8]}")
+                container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+                args = [*container["args"], "--export-time", minute]
+                job = render.run_job(cron_job=cron, name=job_name, owner=owner, args=args)
+                created += self.kube.create_job(job, namespace=namespace)
+            if plan.cron_jobs:
+                events.append(Event("Normal", "RunNow", f"started {created} export Job(s) now (exportTime {minute})"))
+            else:
+                events.append(Event("Warning", "RunNowIgnored", "nothing to run: the flow is not ready"))
+            consumed[RUN_NOW] = None
+        if RESET in annotations:
+            wanted = [n.strip() for n in annotations[RESET].split(",") if n.strip()]
+            unknown = [n for n in wanted if n not in {e.name for e in flow.spec.datasets}]
+            token = _token(uid, "reset/" + annotations[RESET])
+            started: list[str] = []
+            for group, cron in plan.cron_jobs:
+                chosen = [d for d in group.datasets if d in wanted]
+                if not chosen:
+                    continue
+                job_name = render.job_name(name, f"{group.key}-r{token[:8]}")
+                container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+                args = _with_datasets(list(container["args"]), chosen)
+                args += ["--export-time", minute, "--reset-token", token]
+                for dataset in chosen:
+                    args += ["--reset", dataset]
+                job = render.run_job(cron_job=cron, name=job_name, owner=owner, args=args)
+                self.kube.create_job(job, namespace=namespace)
+                started += chosen
+            if started:
+                events.append(
+                    Event("Normal", "Reset", f"full backfill of {', '.join(started)} started (exportTime {minute})")
+                )
+            if unknown:
+                events.append(
+                    Event("Warning", "ResetIgnored", f"{', '.join(unknown)} not in spec.datasets: nothing to reset")
+                )
+            consumed[RESET] = None
+        if consumed:
+            self.kube.patch_custom(
+                plural=PLURAL, namespace=namespace, name=name, patch={"metadata": {"annotations": consumed}}
+            )
+        return events
+
+    def _status(
+        self,
+        body: Mapping[str, Any],
+        *,
+        now: dt.datetime,
+        ready: tuple[bool, str, str],
+        flow: api.DatasetExport | None,
+        plan: desired_state.Desired | None,
+        destination: api.Destination | None = None,
+    ) -> DatasetExportStatus | None:
+        meta = body["metadata"]
+        generation = meta.get("generation")
+
+        def mutate(status: DatasetExportStatus, _: dict[str, Any]) -> None:
+            status.observed_generation = generation
+            results.set_condition(
+                status.conditions,
+                type_=READY,
+                ok=ready[0],
+                reason=ready[1],
+                message=ready[2],
+                now=now,
+                observed_generation=generation,
+            )
+            if flow is None or plan is None:
+                return
+            groups = [g for g, _ in plan.cron_jobs]
+            status.schedule = schedules.describe(flow.spec.schedule)
+            status.cron = schedules.cron_schedule(flow.spec.schedule).expression
+            status.cron_jobs = [
+                CronJobRef(name=c["metadata"]["name"], schedule=c["spec"]["schedule"], datasets=list(g.datasets))
+                for g, c in plan.cron_jobs
+            ]
+            upcoming = desired_state.next_export(groups, now=now, suspended=flow.spec.suspend)
+            status.next_export_time = results.now_text(upcoming) if upcoming else None
+            status.finished = desired_state.finished(groups, now=now) or None
+            # Datasets no longer in the flow leave the status; their files stay at the destination.
+            status.datasets = [d for d in status.datasets if d.name in {e.name for e in flow.spec.datasets}]
+            available = _destination_available(destination)
+            results.set_condition(
+                status.conditions,
+                type_=DESTINATION_AVAILABLE,
+                ok=available[0],
+                reason=available[1],
+                message=available[2],
+                now=now,
+                observed_generation=generation,
+            )
+
+        return self.kube.update_status(
+            plural=PLURAL, namespace=meta["namespace"], name=meta["name"], model=DatasetExportStatus, mutate=mutate
+        )
+
+    def job(self, job: Mapping[str, Any], *, now: dt.datetime) -> Outcome:
+        """Record a finished export Job in its DatasetExport's status (once), with an Event for its outcome."""
+        out = Outcome()
+        finished = results.FinishedJob.of(job)
+        flow = (job["metadata"].get("labels") or {}).get(render.LABEL_EXPORT)
+        if finished is None or not flow:
+            return out
+        recorded: list[bool] = []
+
+        def mutate(status: DatasetExportStatus, obj: dict[str, Any]) -> None:
+            out.uid = obj["metadata"]["uid"]
+            recorded[:] = [results.record_job(status, finished, now=now)]
+
+        out.status = self.kube.update_status(
+            plural=PLURAL, namespace=job["metadata"]["namespace"], name=flow, model=DatasetExportStatus, mutate=mutate
+        )
+        if out.status is not None and recorded and recorded[0] and out.status.last_export is not None:
+            last = out.status.last_export
+            ok = last.result == "Succeeded"
+            text = f"{finished.name}: {last.message}; {last.records} record(s), {last.files} file(s)"
+            out.events.append(Event("Normal" if ok else "Warning", "ExportSucceeded" if ok else "ExportFailed", text))
+        return out
+
+
+def _destination_available(destination: api.Destination | None) -> tuple[bool | None, str, str]:
+    if destination is None:
+        return (False, "DestinationNotFound", "the Destination does not exist")
+    return (None, "NotChecked", "the destination has not been checked yet")

@@ -1,0 +1,340 @@
+"""The operator end to end: ``dsexport operator`` on the host, exporter pods in the real image on the real node.
+
+A user's manifests go in (a Secret, a Destination on SeaweedFS, a Dataset whose source is an S3 prefix on the same
+store, a DatasetExport); the operator renders them into a ConfigMap, the exporter's account and a CronJob; the
+annotations start Jobs; each finished Job's results reach the status exactly once and match the manifests the
+export committed at the destination.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+from botocore.config import Config
+from examples import sample
+from kubernetes import client
+from tests.cluster.cluster import Cluster
+from tests.helpers import START, assert_only_committed_files, committed, read_committed_ids
+from tests.k8s.conftest import create_namespace
+from tests.servers import SECRET_NAME, ProcessServer, Target, free_port, port_open, seaweed, wait_until
+
+from dsexport.api import GROUP, VERSION
+from dsexport.operator import render
+
+FLOWS = "datasetexports"
+LAKE_SECRET = "lake-creds"
+ROWS_PER_FILE = 1_000
+FILES = 3
+
+
+@pytest.fixture(scope="module")
+def store(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """SeaweedFS on the node address: the destination and, in the same bucket, the source lake."""
+    target = seaweed.launch(tmp_path_factory.mktemp("weed-operator"), host=cluster.node_ip)
+    yield target
+    assert target.server is not None
+    target.server.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: Cluster, kubeconfig: Path, crds: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProcessServer]:
+    """``dsexport operator`` as a user starts it next to ``make cluster``, stopped by its pid afterwards."""
+    assert cluster.node is not None
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("operator")
+    server = ProcessServer(
+        name="dsexport-operator",
+        argv=[
+            sys.executable,
+            "-m",
+            "dsexport.cli",
+            "operator",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--image",
+            cluster.node.image,
+            "--image-pull-policy",
+            "Never",
+            "--health-address",
+            f"127.0.0.1:{port}",
+        ],
+        log=workdir / "operator.log",
+        ready=lambda: port_open(port),
+        cwd=workdir,
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def _s3(target: Target) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=target.block["endpoint"],
+        region_name=target.block["region"],
+        aws_access_key_id=(target.secret or {})["accessKeyId"],
+        aws_secret_access_key=(target.secret or {})["secretAccessKey"],
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+def _upload_lake(target: Target, tmp_path: Path, prefix: str, *, files: int, offset: int = 0) -> list[int]:
+    """Source files under s3://BUCKET/PREFIX; returns their ids."""
+    local = tmp_path / f"lake-{offset}"
+    sample.write_files(local, files=files, rows_per_file=ROWS_PER_FILE, seed=offset + 3, start=START, id_offset=offset)
+    s3 = _s3(target)
+    ids: list[int] = []
+    for path in sorted(local.glob("*.parquet")):
+        s3.upload_file(str(path), target.block["bucket"], f"{prefix}/{path.name}")
+        ids.extend(sample_ids(path))
+    return ids
+
+
+def sample_ids(path: Path) -> list[int]:
+    return list(pq.read_table(path, columns=["_id"]).column("_id").to_pylist())
+
+
+def _manifests(api: client.ApiClient, namespace: str, target: Target, *, schedule: dict[str, Any]) -> None:
+    core = client.CoreV1Api(api)
+    for name in (SECRET_NAME, LAKE_SECRET):
+        core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "stringData": target.secret})
+    endpoint = target.block["endpoint"].removeprefix("http://")
+    custom = client.CustomObjectsApi(api)
+    destination = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Destination",
+        "metadata": {"name": "store"},
+        "spec": {**target.destination_spec(), "folder": f"exports/{namespace}"},
+    }
+    dataset = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Dataset",
+        "metadata": {"name": "events"},
+        "spec": {
+            "source": {
+                "uri": f"s3://{target.block['bucket']}/lake/{namespace}?endpoint_override={endpoint}&scheme=http"
+                f"&region={target.block['region']}",
+                "credentialsSecretRef": {"name": LAKE_SECRET},
+            },
+            "incremental": {"strategy": "files", "lookback": "0s"},
+        },
+    }
+    flow = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "DatasetExport",
+        "metadata": {"name": "daily"},
+        "spec": {"destinationRef": {"name": "store"}, "datasets": [{"name": "events"}], "schedule": schedule},
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "destinations", destination)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", dataset)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, FLOWS, flow)
+
+
+def _flow(api: client.ApiClient, namespace: str, name: str = "daily") -> dict[str, Any]:
+    found: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, FLOWS, name
+    )
+    return found
+
+
+def _condition(flow: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in (flow.get("status") or {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def _wait_flow(
+    api: client.ApiClient, namespace: str, check: Callable[[dict[str, Any]], bool], what: str, operator: ProcessServer
+) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    def ok() -> bool:
+        found.update(_flow(api, namespace))
+        return check(found)
+
+    try:
+        wait_until(ok, timeout=180, what=what, interval=0.5)
+    except TimeoutError:
+        log = operator.log.read_text(errors="replace")[-4000:]
+        raise AssertionError(
+            f"{what}; status: {json.dumps(found.get('status'), indent=1)}\noperator log:\n{log}"
+        ) from None
+    return found
+
+
+def _annotate(api: client.ApiClient, namespace: str, key: str, value: str) -> None:
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, FLOWS, "daily", {"metadata": {"annotations": {key: value}}}
+    )
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient, cluster: Cluster) -> Iterator[str]:
+    name = create_namespace(api, "op")
+    yield name
+    client.CoreV1Api(api).delete_namespace(name, grace_period_seconds=0)
+
+
+def test_run_now_and_reset_reach_the_store_and_the_status_exactly_once(
+    api: client.ApiClient, namespace: str, store: Target, operator: ProcessServer, tmp_path: Path
+) -> None:
+    ids = _upload_lake(store, tmp_path, f"lake/{namespace}", files=FILES)
+    _manifests(api, namespace, store, schedule={"frequency": "daily", "time": "09:30", "startDate": "2026-11-01"})
+
+    flow = _wait_flow(
+        api, namespace, lambda f: _condition(f, "Ready").get("status") == "True", "the flow to be Ready", operator
+    )
+    status = flow["status"]
+    assert _condition(flow, "Ready")["reason"] == "Scheduled"
+    assert status["observedGeneration"] == flow["metadata"]["generation"]
+    assert status["schedule"] == "daily at 09:30 UTC from 2026-11-01"
+    [cron_ref] = status["cronJobs"]
+    assert cron_ref["schedule"] == status["cron"] == "30 9 * * *"
+    cron = client.BatchV1Api(api).read_namespaced_cron_job(cron_ref["name"], namespace)
+    assert (cron.spec.schedule, cron.spec.time_zone, cron.spec.concurrency_policy) == (
+        "30 9 * * *",
+        "Etc/UTC",
+        "Forbid",
+    )
+    assert cron.spec.suspend is False
+    assert cron.metadata.owner_references[0].kind == "DatasetExport"
+    now = dt.datetime.now(dt.UTC)
+    next_time = dt.datetime.fromisoformat(status["nextExportTime"])
+    assert now < next_time <= now + dt.timedelta(days=1)
+    wait_until(
+        lambda: (
+            client.CustomObjectsApi(api)
+            .get_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "events")
+            .get("status", {})
+            .get("usedBy")
+            == ["daily"]
+        ),
+        timeout=30,
+        what="the Dataset's usedBy",
+    )
+
+    # run-now: a Job now, the annotation consumed, the result in status and an Event.
+    _annotate(api, namespace, "dsexport.io/run-now", "first")
+    flow = _wait_flow(
+        api, namespace, lambda f: (f.get("status") or {}).get("lastExport") is not None, "the run-now export", operator
+    )
+    last = flow["status"]["lastExport"]
+    assert last["result"] == "Succeeded", last
+    assert "dsexport.io/run-now" not in (flow["metadata"].get("annotations") or {})
+    transport = store.transport()
+    folder = f"exports/{namespace}"
+    assert sorted(read_committed_ids(transport, folder=folder)) == sorted(ids)
+    assert_only_committed_files(transport, folder=folder)
+    [manifest] = committed(transport, "events", folder)
+    [progress] = flow["status"]["datasets"]
+    assert (progress["name"], progress["runs"], progress["failures"]) == ("events", 1, 0)
+    assert (progress["records"], progress["files"]) == (manifest["records"], len(manifest["files"]))
+    assert progress["bytes"] == manifest["bytes"]
+    assert progress["lastExportTime"] == manifest["exportTime"] == last["exportTime"]
+    assert progress["watermark"] == manifest["watermark"]["to"]
+    assert last["records"] == len(ids)
+    assert flow["status"]["pendingResults"] == {} or "pendingResults" not in flow["status"]
+    assert last["job"] in flow["status"]["recordedJobs"]
+    assert _condition(flow, "LastExportSucceeded")["status"] == "True"
+    events = client.CoreV1Api(api).list_namespaced_event(namespace).items
+    reasons = {(e.reason, e.involved_object.name) for e in events}
+    assert ("RunNow", "daily") in reasons
+    wait_until(
+        lambda: any(
+            e.reason == "ExportSucceeded" for e in client.CoreV1Api(api).list_namespaced_event(namespace).items
+        ),
+        timeout=30,
+        what="an ExportSucceeded Event",
+    )
+
+    # New files, then a reset: a full backfill of everything, once, in a new exportTime folder.
+    more = _upload_lake(store, tmp_path, f"lake/{namespace}", files=1, offset=100_000)
+    first_job = last["job"]
+    _annotate(api, namespace, "dsexport.io/reset", "events")
+    flow = _wait_flow(
+        api,
+        namespace,
+        lambda f: ((f.get("status") or {}).get("lastExport") or {}).get("job") not in (None, first_job),
+        "the reset export",
+        operator,
+    )
+    last = flow["status"]["lastExport"]
+    assert last["result"] == "Succeeded", last
+    assert last["records"] == len(ids) + len(more)
+    manifests = committed(transport, "events", folder)
+    assert [m["reset"] for m in manifests] == [False, True]
+    assert manifests[-1]["resetToken"]
+    [progress] = flow["status"]["datasets"]
+    assert (progress["runs"], progress["records"]) == (2, len(ids) * 2 + len(more))
+    assert "dsexport.io/reset" not in (flow["metadata"].get("annotations") or {})
+    jobs = client.BatchV1Api(api).list_namespaced_job(namespace).items
+    assert len(jobs) == 2, [j.metadata.name for j in jobs]
+
+
+def test_deleting_the_flow_removes_what_it_created(
+    api: client.ApiClient, namespace: str, store: Target, operator: ProcessServer, tmp_path: Path
+) -> None:
+    _manifests(api, namespace, store, schedule={"frequency": "hourly", "interval": 6, "startDate": "2026-11-01"})
+    _wait_flow(
+        api, namespace, lambda f: _condition(f, "Ready").get("status") == "True", "the flow to be Ready", operator
+    )
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+    selector = f"{render.LABEL_EXPORT}=daily"
+    assert len(batch.list_namespaced_cron_job(namespace, label_selector=selector).items) == 1
+    assert len(core.list_namespaced_config_map(namespace, label_selector=selector).items) == 1
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, FLOWS, "daily")
+
+    def gone() -> bool:
+        return not (
+            batch.list_namespaced_cron_job(namespace, label_selector=selector).items
+            or core.list_namespaced_config_map(namespace, label_selector=selector).items
+            or core.list_namespaced_service_account(namespace, label_selector=selector).items
+        )
+
+    wait_until(gone, timeout=60, what="the flow's objects to be garbage collected")
+
+
+def test_missing_dataset_is_a_condition_and_the_flow_recovers_when_it_appears(
+    api: client.ApiClient, namespace: str, store: Target, operator: ProcessServer
+) -> None:
+    custom = client.CustomObjectsApi(api)
+    _manifests(api, namespace, store, schedule={"frequency": "daily", "startDate": "2026-11-01"})
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "events")
+    flow = _wait_flow(
+        api,
+        namespace,
+        lambda f: _condition(f, "Ready").get("reason") == "DatasetNotFound",
+        "Ready=False DatasetNotFound",
+        operator,
+    )
+    assert _condition(flow, "Ready")["status"] == "False"
+    assert "events" in _condition(flow, "Ready")["message"]
+    assert not client.BatchV1Api(api).list_namespaced_cron_job(namespace).items
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "datasets",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Dataset",
+            "metadata": {"name": "events"},
+            "spec": {"source": {"uri": "s3://exports/lake/none", "credentialsSecretRef": {"name": LAKE_SECRET}}},
+        },
+    )
+    _wait_flow(
+        api,
+        namespace,
+        lambda f: _condition(f, "Ready").get("reason") == "Scheduled",
+        "the flow to recover once the Dataset exists",
+        operator,
+    )
+    assert len(client.BatchV1Api(api).list_namespaced_cron_job(namespace).items) == 1
