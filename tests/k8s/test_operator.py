@@ -161,13 +161,29 @@ def _wait_flow(
         return check(found)
 
     try:
-        wait_until(ok, timeout=180, what=what, interval=0.5)
+        wait_until(ok, timeout=150, what=what, interval=0.5)
     except TimeoutError:
+        core = client.CoreV1Api(api)
+        pods = core.list_namespaced_pod(namespace).items
+        for pod in pods:
+            found.setdefault("pods", []).append(
+                (pod.metadata.name, pod.status.phase, str(pod.status.container_statuses)[-1500:])
+            )
         log = operator.log.read_text(errors="replace")[-4000:]
         raise AssertionError(
             f"{what}; status: {json.dumps(found.get('status'), indent=1)}\noperator log:\n{log}"
         ) from None
     return found
+
+
+def _pod_logs(api: client.ApiClient, namespace: str) -> str:
+    """For a failure message: each pod's phase and log tail."""
+    core = client.CoreV1Api(api)
+    out = []
+    for pod in core.list_namespaced_pod(namespace).items:
+        log = core.read_namespaced_pod_log(pod.metadata.name, namespace, _preload_content=False).data.decode()
+        out.append(f"{pod.metadata.name} {pod.status.phase}:\n{log[-3000:]}")
+    return "\n---\n".join(out)
 
 
 def _annotate(api: client.ApiClient, namespace: str, key: str, value: str) -> None:
@@ -183,6 +199,7 @@ def namespace(api: client.ApiClient, cluster: Cluster) -> Iterator[str]:
     client.CoreV1Api(api).delete_namespace(name, grace_period_seconds=0)
 
 
+@pytest.mark.timeout(900)  # the first test of a session also starts the cluster
 def test_run_now_and_reset_reach_the_store_and_the_status_exactly_once(
     api: client.ApiClient, namespace: str, store: Target, operator: ProcessServer, tmp_path: Path
 ) -> None:
@@ -227,7 +244,7 @@ def test_run_now_and_reset_reach_the_store_and_the_status_exactly_once(
         api, namespace, lambda f: (f.get("status") or {}).get("lastExport") is not None, "the run-now export", operator
     )
     last = flow["status"]["lastExport"]
-    assert last["result"] == "Succeeded", last
+    assert last["result"] == "Succeeded", _pod_logs(api, namespace)
     assert "dsexport.io/run-now" not in (flow["metadata"].get("annotations") or {})
     transport = store.transport()
     folder = f"exports/{namespace}"
@@ -267,7 +284,7 @@ def test_run_now_and_reset_reach_the_store_and_the_status_exactly_once(
         operator,
     )
     last = flow["status"]["lastExport"]
-    assert last["result"] == "Succeeded", last
+    assert last["result"] == "Succeeded", _pod_logs(api, namespace)
     assert last["records"] == len(ids) + len(more)
     manifests = committed(transport, "events", folder)
     assert [m["reset"] for m in manifests] == [False, True]

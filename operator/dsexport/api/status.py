@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 TIME_FORMAT: Final = "date-time"
 MAX_PENDING_RESULT: Final = 262_144
@@ -37,12 +38,8 @@ class Condition(StatusModel):
     observed_generation: Annotated[int | None, Field(alias="observedGeneration")] = None
 
 
-def _conditions() -> object:
-    return Field(
-        default_factory=list,
-        description="The latest observation of each condition type.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
+_CONDITIONS_LIST: Final[JsonDict] = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+_CONDITIONS_DOC: Final = "The latest observation of each condition type."
 
 
 class Totals(StatusModel):
@@ -91,7 +88,9 @@ class CronJobRef(StatusModel):
 
 class DatasetExportStatus(StatusModel):
     observed_generation: Annotated[int | None, Field(alias="observedGeneration")] = None
-    conditions: Annotated[list[Condition], _conditions()]
+    conditions: list[Condition] = Field(
+        default_factory=list, description=_CONDITIONS_DOC, json_schema_extra=_CONDITIONS_LIST
+    )
     schedule: Annotated[str | None, Field(description="The flow's schedule, for people.")] = None
     cron: Annotated[str | None, Field(description="The flow's schedule as a cron expression (UTC).")] = None
     next_export_time: Annotated[str | None, Field(alias="nextExportTime"), _time("The next scheduled slot.")] = None
@@ -127,7 +126,9 @@ class DatasetStatus(StatusModel):
     used_by: Annotated[list[str], Field(alias="usedBy", description="DatasetExports that export it.")] = Field(
         default_factory=list
     )
-    conditions: Annotated[list[Condition], _conditions()]
+    conditions: list[Condition] = Field(
+        default_factory=list, description=_CONDITIONS_DOC, json_schema_extra=_CONDITIONS_LIST
+    )
 
 
 class DestinationStatus(StatusModel):
@@ -135,5 +136,7 @@ class DestinationStatus(StatusModel):
     used_by: Annotated[list[str], Field(alias="usedBy", description="DatasetExports that export to it.")] = Field(
         default_factory=list
     )
-    conditions: Annotated[list[Condition], _conditions()]
+    conditions: list[Condition] = Field(
+        default_factory=list, description=_CONDITIONS_DOC, json_schema_extra=_CONDITIONS_LIST
+    )
     last_check_time: Annotated[str | None, Field(alias="lastCheckTime"), _time("When it was last checked.")] = None

@@ -91,7 +91,7 @@ def desired(
         render.flow_config_map(
             dataset_export=runnable, datasets=list(used.values()), destination=destination, owner_uid=uid
         ),
-        *render.exporter_access(dataset_export=name, owner_uid=uid),
+        *render.exporter_access(dataset_export=name, namespace=flow.metadata.namespace, owner_uid=uid),
     ]
     timeout = api.parse_duration_seconds(flow.spec.timeout) if flow.spec.timeout else None
     secrets = secrets_of(datasets=used, destination=destination)

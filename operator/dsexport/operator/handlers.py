@@ -69,10 +69,11 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def _configure(**kwargs: Any) -> None:
     settings: kopf.OperatorSettings = kwargs["settings"]
-    # The status schema is structural: kopf keeps its bookkeeping in annotations instead of status.kopf.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dsexport.io")
+    # The status schema is structural: kopf keeps its bookkeeping in annotations instead of status.kopf, under
+    # a prefix of its own (kopf ignores changes to annotations under it, and must not ignore dsexport.io/run-now).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.dsexport.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="dsexport.io", key="last-handled-configuration"
+        prefix="kopf.dsexport.io", key="last-handled-configuration"
     )
     settings.posting.loggers = False  # Events are posted on purpose, not for every log line
     settings.persistence.finalizer = "dsexport.io/operator"  # the timers' (kopf stops them on deletion)

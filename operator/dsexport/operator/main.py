@@ -21,6 +21,7 @@ def run(
 ) -> None:
     """Run until interrupted. The API connection comes from ``kubeconfig``, else the pod's service account, else
     the user's kubeconfig; kopf logs in the same way."""
+    kopf.configure(log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig  # for kopf's login, which reads no option

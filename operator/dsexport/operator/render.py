@@ -125,7 +125,7 @@ def exporter_account_name(dataset_export: str) -> str:
     return _name(dataset_export, "exporter")
 
 
-def exporter_access(*, dataset_export: str, owner_uid: str) -> list[dict[str, Any]]:
+def exporter_access(*, dataset_export: str, namespace: str, owner_uid: str) -> list[dict[str, Any]]:
     """The exporter pods' identity: a ServiceAccount that may patch the status of this DatasetExport and nothing
     else, so a pod reports its complete result (a termination message holds only 4 KiB)."""
     name = exporter_account_name(dataset_export)
@@ -154,7 +154,7 @@ def exporter_access(*, dataset_export: str, owner_uid: str) -> list[dict[str, An
             "kind": "RoleBinding",
             "metadata": meta,
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name}],
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
         },
     ]
 

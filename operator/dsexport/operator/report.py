@@ -8,6 +8,7 @@ result into the totals when the Job finishes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Final
@@ -30,6 +31,15 @@ class ReportError(Exception):
 
 def _transient(error: BaseException) -> bool:
     return not isinstance(error, ApiException) or error.status in (409, 429) or error.status >= 500
+
+
+def _server_message(error: ApiException) -> str:
+    """The API server's own explanation (a Status object's message), which names no secret."""
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        return ""
+    return f" ({message})" if isinstance(message, str) and message else ""
 
 
 def report_result(*, dataset_export: str, result_json: str) -> None:
@@ -66,6 +76,7 @@ def report_result(*, dataset_export: str, result_json: str) -> None:
     except ApiException as e:
         raise ReportError(
             f"cannot record the result in DatasetExport {namespace}/{dataset_export}: HTTP {e.status} {e.reason}"
+            f"{_server_message(e)}"
         ) from None
     except OSError as e:
         raise ReportError(f"cannot reach the API server to record the result: {e}") from None
