@@ -292,8 +292,8 @@ def test_run_now_and_reset_reach_the_store_and_the_status_exactly_once(
     [progress] = flow["status"]["datasets"]
     assert (progress["runs"], progress["records"]) == (2, len(ids) * 2 + len(more))
     assert "dsexport.io/reset" not in (flow["metadata"].get("annotations") or {})
-    jobs = client.BatchV1Api(api).list_namespaced_job(namespace).items
-    assert len(jobs) == 2, [j.metadata.name for j in jobs]
+    jobs = client.BatchV1Api(api).list_namespaced_job(namespace, label_selector=f"{render.LABEL_EXPORT}=daily").items
+    assert len(jobs) == 2, [j.metadata.name for j in jobs]  # one run-now, one reset: nothing ran twice
 
 
 def test_deleting_the_flow_removes_what_it_created(
@@ -355,3 +355,63 @@ def test_missing_dataset_is_a_condition_and_the_flow_recovers_when_it_appears(
         operator,
     )
     assert len(client.BatchV1Api(api).list_namespaced_cron_job(namespace).items) == 1
+
+
+def _destination(api: client.ApiClient, namespace: str) -> dict[str, Any]:
+    found: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "destinations", "store"
+    )
+    return found
+
+
+def test_destination_checks_set_available_and_the_flows_mirror_it(
+    api: client.ApiClient, namespace: str, store: Target, operator: ProcessServer
+) -> None:
+    _manifests(api, namespace, store, schedule={"frequency": "daily", "startDate": "2026-11-01"})
+
+    def available(status: str) -> Callable[[], bool]:
+        return lambda: _condition(_destination(api, namespace), "Available").get("status") == status
+
+    wait_until(available("True"), timeout=120, what="the Destination to be checked Available", interval=0.5)
+    destination = _destination(api, namespace)
+    assert _condition(destination, "Available")["reason"] == "CheckSucceeded"
+    assert destination["status"]["checkedGeneration"] == destination["metadata"]["generation"]
+    first_check = destination["status"]["lastCheckTime"]
+    _wait_flow(
+        api,
+        namespace,
+        lambda f: _condition(f, "DestinationAvailable").get("status") == "True",
+        "the flow to mirror the destination's availability",
+        operator,
+    )
+
+    # Credentials the store refuses: a check on demand finds it, and says which step failed.
+    wrong = store.wrong_secret
+    assert wrong is not None
+    client.CoreV1Api(api).replace_namespaced_secret(
+        SECRET_NAME, namespace, {"metadata": {"name": SECRET_NAME}, "stringData": wrong}
+    )
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "destinations",
+        "store",
+        {"metadata": {"annotations": {"dsexport.io/check-now": "1"}}},
+    )
+    wait_until(available("False"), timeout=120, what="the check to find the wrong credentials", interval=0.5)
+    destination = _destination(api, namespace)
+    condition = _condition(destination, "Available")
+    assert condition["reason"] == "CheckFailed"
+    assert "write" in condition["message"]
+    assert wrong["secretAccessKey"] not in json.dumps(destination)
+    assert destination["status"]["lastCheckTime"] >= first_check
+    assert "dsexport.io/check-now" not in (destination["metadata"].get("annotations") or {})
+    flow = _wait_flow(
+        api,
+        namespace,
+        lambda f: _condition(f, "DestinationAvailable").get("status") == "False",
+        "the flow to mirror the failed check",
+        operator,
+    )
+    assert _condition(flow, "DestinationAvailable")["reason"] == "CheckFailed"

@@ -140,3 +140,9 @@ class DestinationStatus(StatusModel):
         default_factory=list, description=_CONDITIONS_DOC, json_schema_extra=_CONDITIONS_LIST
     )
     last_check_time: Annotated[str | None, Field(alias="lastCheckTime"), _time("When it was last checked.")] = None
+    checked_generation: Annotated[
+        int | None, Field(alias="checkedGeneration", description="The generation the last check tested.")
+    ] = None
+    last_check_job: Annotated[str | None, Field(alias="lastCheckJob", description="The last check Job recorded.")] = (
+        None
+    )

@@ -212,8 +212,15 @@ def validate(files: tuple[str, ...], secret_folders: tuple[str, ...]) -> None:
 @_files_option
 @click.option("--destination", "name", required=True, help="The Destination (metadata.name) to test.")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--result-file",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Also write the report as compact JSON here (in a pod: /dev/termination-log, at most 4 KiB).",
+)
 @_secrets_option
-def check(files: tuple[str, ...], name: str, output: str, secret_folders: tuple[str, ...]) -> None:
+def check(
+    files: tuple[str, ...], name: str, output: str, secret_folders: tuple[str, ...], result_file: str | None = None
+) -> None:
     """Test a destination: write, create-only, read back, list and delete a probe; exit 1 if any step fails."""
     bundle = _load(files, secret_folders)
     destination = bundle.destinations.get(name)
@@ -227,6 +234,11 @@ def check(files: tuple[str, ...], name: str, output: str, secret_folders: tuple[
         click.echo(f"error: {e}", err=True)
         raise SystemExit(EXIT_INVALID) from None
     report = check_destination(destination, credentials)
+    if result_file:
+        try:
+            Path(result_file).write_text(report.compact_json())
+        except OSError as e:
+            click.echo(f"error: cannot write the report to {result_file}: {e.strerror}", err=True)
     if output == "json":
         click.echo(json.dumps(report.as_json(), indent=2))
     else:

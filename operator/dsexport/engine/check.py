@@ -7,6 +7,7 @@ delete, say) instead of a run failing half way. The operator uses the same funct
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -47,6 +48,17 @@ class Report:
             "ok": self.ok,
             "steps": [s.as_json() for s in self.steps],
         }
+
+    def compact_json(self, limit: int = 4096) -> str:
+        """The report within ``limit`` bytes (a termination message): step details are shortened until it fits."""
+        doc = self.as_json()
+        for width in (1000, 400, 160, 60, 0):
+            for step in doc["steps"]:
+                step["detail"] = step["detail"][:width]
+            text = json.dumps(doc, separators=(",", ":"))
+            if len(text.encode()) <= limit:
+                return text
+        return json.dumps({"destination": self.destination, "location": "", "ok": self.ok, "steps": []})
 
 
 def _timed(name: str, fn: Callable[[], str]) -> Step:

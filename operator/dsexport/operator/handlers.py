@@ -20,9 +20,9 @@ from pydantic import ValidationError
 
 from dsexport import api
 from dsexport.api.status import DatasetStatus, DestinationStatus
-from dsexport.operator import desired, render
+from dsexport.operator import checks, desired, render
 from dsexport.operator.kube import Kube
-from dsexport.operator.reconcile import Event, Outcome, Reconciler
+from dsexport.operator.reconcile import DestinationReconciler, Event, Outcome, Reconciler
 from dsexport.operator.results import now_text
 
 TIMER_SECONDS: Final = 60.0
@@ -92,7 +92,11 @@ def _dataset_bodies(**kwargs: Any) -> dict[Any, Any]:
 
 
 def _destination_bodies(**kwargs: Any) -> dict[Any, Any]:
-    return {(kwargs["namespace"], kwargs["name"]): _destination(kwargs["body"])}
+    """The Destination and its Available condition (which its flows mirror)."""
+    body = kwargs["body"]
+    conditions = (body.get("status") or {}).get("conditions") or []
+    available = next((dict(c) for c in conditions if c.get("type") == checks.AVAILABLE), None)
+    return {(kwargs["namespace"], kwargs["name"]): (_destination(body), available)}
 
 
 def _flow_refs(**kwargs: Any) -> dict[Any, Any]:
@@ -112,9 +116,10 @@ _USERS: Final = {"Dataset": ("datasets", DatasetStatus), "Destination": ("destin
 class _Handlers:
     """The handlers' logic, bound to one API connection; kopf passes everything as keyword arguments."""
 
-    def __init__(self, kube: Kube, reconciler: Reconciler) -> None:
+    def __init__(self, kube: Kube, reconciler: Reconciler, destinations: DestinationReconciler) -> None:
         self.kube = kube
         self.reconciler = reconciler
+        self.destinations = destinations
 
     @staticmethod
     def post(body: Mapping[str, Any], events: Iterable[Event]) -> None:
@@ -135,8 +140,10 @@ class _Handlers:
             if found is not None:
                 datasets[entry["name"]] = found
         ref = (spec.get("destinationRef") or {}).get("name")
-        destination = _one(indexes["_destination_bodies"].get((namespace, ref)))
-        outcome = self.reconciler.flow(body, datasets=datasets, destination=destination, now=_now())
+        destination, available = _one(indexes["_destination_bodies"].get((namespace, ref))) or (None, None)
+        outcome = self.reconciler.flow(
+            body, datasets=datasets, destination=destination, availability=available, now=_now()
+        )
         self.post(body, outcome.events)
         return outcome
 
@@ -207,10 +214,21 @@ class _Handlers:
 
     def destination_event(self, **kwargs: Any) -> None:
         self.referenced_changed("Destination", kwargs)
+        if kwargs["type"] != "DELETED":
+            self.check_destination(**kwargs)
+
+    def check_destination(self, **kwargs: Any) -> None:
+        """Start a check Job when one is due (created, changed, check-now, or the interval passed)."""
+        body = kwargs["body"]
+        self.post(body, self.destinations.destination(body, now=_now()).events)
 
     def job_event(self, **kwargs: Any) -> None:
         body = kwargs["body"]
         if kwargs["type"] == "DELETED":
+            return
+        labels = body["metadata"].get("labels") or {}
+        if labels.get("app.kubernetes.io/component") == checks.COMPONENT:
+            self.check_finished(body, kwargs["_flow_refs"])
             return
         outcome = self.reconciler.job(body, now=_now())
         if outcome.events and outcome.status is not None:
@@ -225,12 +243,23 @@ class _Handlers:
             }
             self.post(flow, outcome.events)
 
+    def check_finished(self, job: Mapping[str, Any], refs: Any) -> None:
+        outcome, verdict = self.destinations.check_finished(job, now=_now())
+        if verdict is None:
+            return
+        namespace = job["metadata"]["namespace"]
+        name = (job["metadata"].get("labels") or {}).get(checks.LABEL_DESTINATION)
+        ref = {"apiVersion": api.API_VERSION, "kind": "Destination"}
+        self.post({**ref, "metadata": {"name": name, "namespace": namespace, "uid": outcome.uid}}, outcome.events)
+        flows = sorted(set(refs.get((namespace, "Destination", name)) or ()))
+        self.destinations.mirror(namespace=namespace, flows=flows, verdict=verdict, now=_now())
+
 
 def build(options: Options) -> kopf.OperatorRegistry:
     """A registry with every handler, bound to one API connection."""
     registry = kopf.OperatorRegistry()
     kube = Kube.connect(options.kubeconfig)
-    h = _Handlers(kube, Reconciler(kube, options.settings))
+    h = _Handlers(kube, Reconciler(kube, options.settings), DestinationReconciler(kube, options.settings))
     group, version, flows = api.GROUP, api.VERSION, "datasetexports"
     kopf.on.startup(registry=registry)(_configure)
     kopf.on.login(registry=registry)(_login)
@@ -244,5 +273,8 @@ def build(options: Options) -> kopf.OperatorRegistry:
     kopf.timer(group, version, flows, registry=registry, interval=TIMER_SECONDS, idle=TIMER_SECONDS)(h.clock)
     kopf.on.event(group, version, "datasets", registry=registry)(h.dataset_event)
     kopf.on.event(group, version, "destinations", registry=registry)(h.destination_event)
+    kopf.timer(group, version, "destinations", registry=registry, interval=TIMER_SECONDS, idle=TIMER_SECONDS)(
+        h.check_destination
+    )
     kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)(h.job_event)
     return registry

@@ -110,6 +110,19 @@ class Kube:
         except NotFoundError:
             pass
 
+    def terminations(self, *, namespace: str, job: str) -> dict[str, str]:
+        """The termination message of each of ``job``'s pods that ended with one (pod name: message)."""
+        pods = client.CoreV1Api(self.api_client).list_namespaced_pod(
+            namespace, label_selector=f"batch.kubernetes.io/job-name={job}"
+        )
+        found: dict[str, str] = {}
+        for pod in pods.items:
+            for status in pod.status.container_statuses or []:
+                terminated = status.state.terminated if status.state else None
+                if terminated is not None and terminated.message:
+                    found[pod.metadata.name] = terminated.message
+        return found
+
     def create_job(self, job: Mapping[str, Any], *, namespace: str) -> bool:
         """Create ``job``; False when a Job of that name exists already (this value was acted on before)."""
         try:

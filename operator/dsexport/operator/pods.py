@@ -34,6 +34,7 @@ def exporter_pod_template(
     volumes: Sequence[Mapping[str, Any]] = (),
     volume_mounts: Sequence[Mapping[str, Any]] = (),
     report_status: bool = False,
+    command: str = "run",
 ) -> dict[str, Any]:
     """A pod template (``metadata`` and ``spec``) for one run of the flow in ConfigMap ``config_map``.
 
@@ -54,7 +55,7 @@ def exporter_pod_template(
         "image": image,
         "imagePullPolicy": image_pull_policy,
         "args": [
-            "run",
+            command,
             "--filename",
             f"{CONFIG_MOUNT}/{FLOW_KEY}",
             "--secrets-dir",

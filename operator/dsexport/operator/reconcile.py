@@ -17,10 +17,10 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from dsexport import api
-from dsexport.api.status import CronJobRef, DatasetExportStatus
+from dsexport.api.status import CronJobRef, DatasetExportStatus, DestinationStatus
 from dsexport.engine import schedule as schedules
+from dsexport.operator import checks, render, results
 from dsexport.operator import desired as desired_state
-from dsexport.operator import render, results
 from dsexport.operator.kube import Kube
 
 RUN_NOW: Final = "dsexport.io/run-now"
@@ -94,7 +94,9 @@ class Reconciler:
         datasets: Mapping[str, api.Dataset],
         destination: api.Destination | None,
         now: dt.datetime,
+        availability: Mapping[str, Any] | None = None,
     ) -> Outcome:
+        """``availability``: the Destination's ``Available`` condition, which the flow mirrors."""
         meta = body["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         out = Outcome()
@@ -129,7 +131,9 @@ class Reconciler:
         before = self.kube.get_custom(plural=PLURAL, namespace=namespace, name=name)
         previous = DatasetExportStatus.model_validate((before or {}).get("status") or {})
         was = next((c for c in previous.conditions if c.type == READY), None)
-        out.status = self._status(body, now=now, ready=ready, flow=flow, plan=plan, destination=destination)
+        out.status = self._status(
+            body, now=now, ready=ready, flow=flow, plan=plan, available=_mirror(destination, availability)
+        )
         if was is None or was.reason != ready[1]:
             out.events.append(Event("Normal" if ready[0] else "Warning", ready[1], ready[2]))
         return out
@@ -197,7 +201,7 @@ class Reconciler:
         ready: tuple[bool, str, str],
         flow: api.DatasetExport | None,
         plan: desired_state.Desired | None,
-        destination: api.Destination | None = None,
+        available: tuple[bool | None, str, str] | None = None,
     ) -> DatasetExportStatus | None:
         meta = body["metadata"]
         generation = meta.get("generation")
@@ -227,7 +231,8 @@ class Reconciler:
             status.finished = desired_state.finished(groups, now=now) or None
             # Datasets no longer in the flow leave the status; their files stay at the destination.
             status.datasets = [d for d in status.datasets if d.name in {e.name for e in flow.spec.datasets}]
-            available = _destination_available(destination)
+            if available is None:
+                return
             results.set_condition(
                 status.conditions,
                 type_=DESTINATION_AVAILABLE,
@@ -249,10 +254,20 @@ class Reconciler:
         flow = (job["metadata"].get("labels") or {}).get(render.LABEL_EXPORT)
         if finished is None or not flow:
             return out
+        namespace = job["metadata"]["namespace"]
+        current = self.kube.get_custom(plural=PLURAL, namespace=namespace, name=flow)
+        known = DatasetExportStatus.model_validate((current or {}).get("status") or {})
+        if current is None or finished.name in known.recorded_jobs:
+            return out  # a later event of a Job already recorded (or of a flow deleted since)
+        # A pod that could not write its result into the status (API server away) left it as its termination
+        # message, shortened to 4 KiB if need be: better than counting the run as a failure.
+        terminations = self.kube.terminations(namespace=namespace, job=finished.name)
         recorded: list[bool] = []
 
         def mutate(status: DatasetExportStatus, obj: dict[str, Any]) -> None:
             out.uid = obj["metadata"]["uid"]
+            for pod, message in terminations.items():
+                status.pending_results.setdefault(pod, message)
             recorded[:] = [results.record_job(status, finished, now=now)]
 
         out.status = self.kube.update_status(
@@ -266,7 +281,121 @@ class Reconciler:
         return out
 
 
-def _destination_available(destination: api.Destination | None) -> tuple[bool | None, str, str]:
+class DestinationReconciler:
+    """Destination health: start check Jobs when due, record their verdicts, mirror them into the flows."""
+
+    def __init__(self, kube: Kube, settings: desired_state.Settings) -> None:
+        self.kube = kube
+        self.settings = settings
+
+    def destination(self, body: Mapping[str, Any], *, now: dt.datetime) -> Outcome:
+        out = Outcome()
+        reason = checks.due(body, now=now)
+        if reason is None:
+            return out
+        meta = body["metadata"]
+        try:
+            destination = api.Destination.model_validate(dict(body))
+        except ValidationError:
+            return out  # the CRD's schema refuses such objects; nothing to check
+        namespace, uid = meta["namespace"], meta["uid"]
+        self.kube.ensure(checks.config_map(destination, uid=uid), namespace=namespace)
+        job = checks.job(
+            destination,
+            uid=uid,
+            generation=meta.get("generation"),
+            reason=reason,
+            image=self.settings.image,
+            image_pull_policy=self.settings.image_pull_policy,
+        )
+        if self.kube.create_job(job, namespace=namespace):
+            out.events.append(Event("Normal", "CheckStarted", f"checking the destination ({reason.cause})"))
+        if reason.cause == "check-now":
+            self.kube.patch_custom(
+                plural="destinations",
+                namespace=namespace,
+                name=meta["name"],
+                patch={"metadata": {"annotations": {checks.CHECK_NOW: None}}},
+            )
+        return out
+
+    def check_finished(self, job: Mapping[str, Any], *, now: dt.datetime) -> tuple[Outcome, checks.Verdict | None]:
+        """Record a finished check Job's verdict in its Destination's status, once."""
+        out = Outcome()
+        finished = results.FinishedJob.of(job)
+        meta = job["metadata"]
+        name = (meta.get("labels") or {}).get(checks.LABEL_DESTINATION)
+        if finished is None or not name:
+            return out, None
+        namespace = meta["namespace"]
+        terminations = self.kube.terminations(namespace=namespace, job=finished.name)
+        verdict = checks.verdict(
+            job_succeeded=finished.succeeded,
+            job_message=finished.message,
+            termination=next(iter(terminations.values()), None),
+        )
+        generation = (meta.get("annotations") or {}).get(checks.ANNOTATION_GENERATION)
+        changed: list[bool] = []
+
+        def mutate(status: DestinationStatus, obj: dict[str, Any]) -> None:
+            out.uid = obj["metadata"]["uid"]
+            if status.last_check_job == finished.name:
+                return
+            changed.append(True)
+            status.last_check_job = finished.name
+            status.last_check_time = finished.end or results.now_text(now)
+            if generation and generation.isdigit():
+                status.checked_generation = int(generation)
+            results.set_condition(
+                status.conditions,
+                type_=checks.AVAILABLE,
+                ok=verdict.available,
+                reason=verdict.reason,
+                message=verdict.message,
+                now=now,
+            )
+
+        found = self.kube.update_status(
+            plural="destinations", namespace=namespace, name=name, model=DestinationStatus, mutate=mutate
+        )
+        if found is None or not changed:
+            return out, None
+        kind = "Normal" if verdict.available else "Warning"
+        out.events.append(Event(kind, verdict.reason, verdict.message))
+        return out, verdict
+
+    def mirror(self, *, namespace: str, flows: list[str], verdict: checks.Verdict, now: dt.datetime) -> None:
+        """The verdict as each flow's DestinationAvailable condition."""
+        available = (verdict.available, verdict.reason, verdict.message)
+        for flow in flows:
+
+            def mutate(status: DatasetExportStatus, _: dict[str, Any]) -> None:
+                mirror_condition(status, available=available, now=now)
+
+            self.kube.update_status(
+                plural=PLURAL, namespace=namespace, name=flow, model=DatasetExportStatus, mutate=mutate
+            )
+
+
+def _mirror(
+    destination: api.Destination | None, availability: Mapping[str, Any] | None
+) -> tuple[bool | None, str, str]:
+    """The flow's DestinationAvailable condition: its Destination's Available condition, or why there is none."""
     if destination is None:
         return (False, "DestinationNotFound", "the Destination does not exist")
-    return (None, "NotChecked", "the destination has not been checked yet")
+    if not availability:
+        return (None, "NotChecked", "the destination has not been checked yet")
+    ok = {"True": True, "False": False}.get(str(availability.get("status")))
+    return (ok, str(availability.get("reason") or "Unknown"), str(availability.get("message") or ""))
+
+
+def mirror_condition(status: DatasetExportStatus, *, available: tuple[bool | None, str, str], now: dt.datetime) -> None:
+    results.set_condition(
+        status.conditions,
+        type_=DESTINATION_AVAILABLE,
+        ok=available[0],
+        reason=available[1],
+        message=available[2],
+        now=now,
+        observed_generation=status.observed_generation,
+    )
