@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,11 @@ import pytest
 from botocore.config import Config
 from examples import sample
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 from tests.cluster.cluster import Cluster
 from tests.helpers import START, assert_only_committed_files, committed, read_committed_ids
 from tests.k8s.conftest import create_namespace
-from tests.servers import SECRET_NAME, ProcessServer, Target, free_port, port_open, seaweed, wait_until
+from tests.servers import SECRET_NAME, ProcessServer, Target, free_port, seaweed, wait_until
 
 from dsexport.api import GROUP, VERSION
 from dsexport.operator import render
@@ -65,16 +68,38 @@ def operator(
             cluster.node.image,
             "--image-pull-policy",
             "Never",
-            "--health-address",
+            "--metrics-address",
             f"127.0.0.1:{port}",
         ],
         log=workdir / "operator.log",
-        ready=lambda: port_open(port),
+        ready=lambda: _get(port, "/readyz")[0] == 200,
         cwd=workdir,
     )
     server.start()
     yield server
     server.stop()
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+    except OSError:
+        return 0, ""
+
+
+def _metrics(operator: ProcessServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample on the operator's /metrics, by name and labels."""
+    port = int(operator.argv[operator.argv.index("--metrics-address") + 1].rsplit(":", 1)[1])
+    status, text = _get(port, "/metrics")
+    assert status == 200
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def _s3(target: Target) -> Any:
@@ -271,6 +296,14 @@ def test_run_now_and_reset_reach_the_store_and_the_status_exactly_once(
         timeout=30,
         what="an ExportSucceeded Event",
     )
+
+    samples = _metrics(operator)
+    key = frozenset({"namespace": namespace, "export": "daily", "dataset": "events"}.items())
+    assert samples[("dsexport_records_total", key)] == manifest["records"]
+    assert samples[("dsexport_files_total", key)] == len(manifest["files"])
+    assert samples[("dsexport_runs_total", key | {("result", "succeeded")})] == 1
+    assert samples[("dsexport_schedule_interval_seconds", key)] == 86400
+    assert ("dsexport_watermark_timestamp_seconds", key) in samples
 
     # New files, then a reset: a full backfill of everything, once, in a new exportTime folder.
     more = _upload_lake(store, tmp_path, f"lake/{namespace}", files=1, offset=100_000)

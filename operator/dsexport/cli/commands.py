@@ -297,14 +297,14 @@ def schedule_cmd(files: tuple[str, ...], count: int, after: str | None, output: 
     show_default=True,
 )
 @click.option(
-    "--health-address",
+    "--metrics-address",
     default="0.0.0.0:8080",
     show_default=True,
     metavar="HOST:PORT",
-    help="Serves /healthz for the liveness probe.",
+    help="Serves /metrics (Prometheus), /healthz (liveness) and /readyz (readiness).",
 )
 def operator(
-    *, kubeconfig: str | None, namespaces: tuple[str, ...], image: str, image_pull_policy: str, health_address: str
+    *, kubeconfig: str | None, namespaces: tuple[str, ...], image: str, image_pull_policy: str, metrics_address: str
 ) -> None:
     """Run the operator: reconcile Datasets, Destinations and DatasetExports into CronJobs until stopped."""
     from dsexport.operator.main import run as run_operator  # noqa: PLC0415 - kopf loads only for this command
@@ -314,5 +314,5 @@ def operator(
         namespaces=namespaces,
         image=image,
         image_pull_policy=image_pull_policy,
-        health_address=health_address,
+        metrics_address=metrics_address,
     )

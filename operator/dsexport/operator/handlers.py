@@ -22,6 +22,7 @@ from dsexport import api
 from dsexport.api.status import DatasetStatus, DestinationStatus
 from dsexport.operator import checks, desired, render
 from dsexport.operator.kube import Kube
+from dsexport.operator.metrics import Metrics
 from dsexport.operator.reconcile import DestinationReconciler, Event, Outcome, Reconciler
 from dsexport.operator.results import now_text
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 class Options:
     kubeconfig: str | None = None
     settings: desired.Settings = field(default_factory=desired.Settings)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def _now() -> dt.datetime:
@@ -116,10 +118,24 @@ _USERS: Final = {"Dataset": ("datasets", DatasetStatus), "Destination": ("destin
 class _Handlers:
     """The handlers' logic, bound to one API connection; kopf passes everything as keyword arguments."""
 
-    def __init__(self, kube: Kube, reconciler: Reconciler, destinations: DestinationReconciler) -> None:
+    def __init__(
+        self, kube: Kube, reconciler: Reconciler, destinations: DestinationReconciler, metrics: Metrics
+    ) -> None:
         self.kube = kube
         self.reconciler = reconciler
         self.destinations = destinations
+        self.metrics = metrics
+
+    def observe(self, body: Mapping[str, Any], outcome: Outcome) -> None:
+        """The metrics follow every status the operator wrote or found: counters are the status's totals."""
+        if outcome.status is None:
+            return
+        try:
+            flow: api.DatasetExport | None = api.DatasetExport.model_validate(dict(body))
+        except ValidationError:
+            flow = None
+        meta = body["metadata"]
+        self.metrics.update_flow(namespace=meta["namespace"], name=meta["name"], flow=flow, status=outcome.status)
 
     @staticmethod
     def post(body: Mapping[str, Any], events: Iterable[Event]) -> None:
@@ -145,6 +161,7 @@ class _Handlers:
             body, datasets=datasets, destination=destination, availability=available, now=_now()
         )
         self.post(body, outcome.events)
+        self.observe(body, outcome)
         return outcome
 
     def used_by(self, *, kind: str, namespace: str, name: str, refs: Any) -> None:
@@ -174,6 +191,7 @@ class _Handlers:
 
     def flow_deleted(self, **kwargs: Any) -> None:
         body = kwargs["body"]
+        self.metrics.forget_flow(namespace=body["metadata"]["namespace"], name=body["metadata"]["name"])
         self.refresh_users(body["metadata"]["namespace"], [body.get("spec") or {}], kwargs["_flow_refs"])
 
     def clock(self, **kwargs: Any) -> None:
@@ -231,26 +249,26 @@ class _Handlers:
             self.check_finished(body, kwargs["_flow_refs"])
             return
         outcome = self.reconciler.job(body, now=_now())
-        if outcome.events and outcome.status is not None:
-            flow = {
-                "apiVersion": api.API_VERSION,
-                "kind": "DatasetExport",
-                "metadata": {
-                    "name": (body["metadata"].get("labels") or {}).get(render.LABEL_EXPORT),
-                    "namespace": body["metadata"]["namespace"],
-                    "uid": outcome.uid,
-                },
-            }
-            self.post(flow, outcome.events)
+        if not outcome.events or outcome.status is None:
+            return
+        namespace = str(body["metadata"]["namespace"])
+        name = str(labels.get(render.LABEL_EXPORT))
+        ref = {"apiVersion": api.API_VERSION, "kind": "DatasetExport"}
+        self.post({**ref, "metadata": {"name": name, "namespace": namespace, "uid": outcome.uid}}, outcome.events)
+        spec = _one(kwargs["_flow_bodies"].get((namespace, name)))
+        self.observe(spec or {"metadata": {"namespace": namespace, "name": name}}, outcome)
+        if outcome.seconds is not None:
+            self.metrics.observe_run(namespace=namespace, export=name, seconds=outcome.seconds)
 
     def check_finished(self, job: Mapping[str, Any], refs: Any) -> None:
         outcome, verdict = self.destinations.check_finished(job, now=_now())
         if verdict is None:
             return
-        namespace = job["metadata"]["namespace"]
-        name = (job["metadata"].get("labels") or {}).get(checks.LABEL_DESTINATION)
+        namespace = str(job["metadata"]["namespace"])
+        name = str((job["metadata"].get("labels") or {}).get(checks.LABEL_DESTINATION))
         ref = {"apiVersion": api.API_VERSION, "kind": "Destination"}
         self.post({**ref, "metadata": {"name": name, "namespace": namespace, "uid": outcome.uid}}, outcome.events)
+        self.metrics.set_destination(namespace=namespace, name=name, available=verdict.available)
         flows = sorted(set(refs.get((namespace, "Destination", name)) or ()))
         self.destinations.mirror(namespace=namespace, flows=flows, verdict=verdict, now=_now())
 
@@ -259,7 +277,9 @@ def build(options: Options) -> kopf.OperatorRegistry:
     """A registry with every handler, bound to one API connection."""
     registry = kopf.OperatorRegistry()
     kube = Kube.connect(options.kubeconfig)
-    h = _Handlers(kube, Reconciler(kube, options.settings), DestinationReconciler(kube, options.settings))
+    h = _Handlers(
+        kube, Reconciler(kube, options.settings), DestinationReconciler(kube, options.settings), options.metrics
+    )
     group, version, flows = api.GROUP, api.VERSION, "datasetexports"
     kopf.on.startup(registry=registry)(_configure)
     kopf.on.login(registry=registry)(_login)

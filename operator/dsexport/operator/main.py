@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 
 import kopf
 
 from dsexport.operator import desired, handlers
+from dsexport.operator.metrics import serve
 
 
 def run(
@@ -17,7 +19,7 @@ def run(
     namespaces: Sequence[str],
     image: str,
     image_pull_policy: str,
-    health_address: str,
+    metrics_address: str,
 ) -> None:
     """Run until interrupted. The API connection comes from ``kubeconfig``, else the pod's service account, else
     the user's kubeconfig; kopf logs in the same way."""
@@ -29,10 +31,15 @@ def run(
         kubeconfig=kubeconfig, settings=desired.Settings(image=image, image_pull_policy=image_pull_policy)
     )
     registry = handlers.build(options)
-    kopf.run(
-        registry=registry,
-        clusterwide=not namespaces,
-        namespaces=list(namespaces),
-        standalone=True,
-        liveness_endpoint=f"http://{health_address}/healthz",
-    )
+    ready = threading.Event()  # set by kopf once its indexes are filled and the watches run
+    server = serve(metrics=options.metrics, address=metrics_address, ready=ready.is_set)
+    try:
+        kopf.run(
+            registry=registry,
+            clusterwide=not namespaces,
+            namespaces=list(namespaces),
+            standalone=True,
+            ready_flag=ready,
+        )
+    finally:
+        server.shutdown()

@@ -44,6 +44,7 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     status: DatasetExportStatus | None = None
     uid: str | None = None  # the DatasetExport's, for the Events' involvedObject
+    seconds: float | None = None  # a Job recorded now: how long it ran
 
 
 def _export_time(now: dt.datetime, status: Mapping[str, Any]) -> str:
@@ -277,6 +278,7 @@ class Reconciler:
             last = out.status.last_export
             ok = last.result == "Succeeded"
             text = f"{finished.name}: {last.message}; {last.records} record(s), {last.files} file(s)"
+            out.seconds = _duration(finished.start, finished.end)
             out.events.append(Event("Normal" if ok else "Warning", "ExportSucceeded" if ok else "ExportFailed", text))
         return out
 
@@ -375,6 +377,15 @@ class DestinationReconciler:
             self.kube.update_status(
                 plural=PLURAL, namespace=namespace, name=flow, model=DatasetExportStatus, mutate=mutate
             )
+
+
+def _duration(start: str | None, end: str | None) -> float | None:
+    try:
+        begun = dt.datetime.fromisoformat((start or "").replace("Z", "+00:00"))
+        ended = dt.datetime.fromisoformat((end or "").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max((ended - begun).total_seconds(), 0.0)
 
 
 def _mirror(
