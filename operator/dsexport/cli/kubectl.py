@@ -66,15 +66,19 @@ def _fail(message: str, *, code: int = EXIT_FAILED) -> NoReturn:
     raise SystemExit(code)
 
 
-def _server_message(e: ApiException) -> str:
-    """The API server's own words (a 403 names the verb, resource and user), else the HTTP reason."""
+def _body(e: ApiException) -> dict[str, Any]:
+    """The Status object the API server sent with the error, if it sent one."""
     try:
         body = json.loads(e.body or "")
     except (TypeError, ValueError):
-        body = None
-    if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return f"{e.status} {e.reason}".strip()
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _server_message(e: ApiException) -> str:
+    """The API server's own words (a 403 names the verb, resource and user), else the HTTP reason."""
+    message = _body(e).get("message")
+    return str(message) if message else f"{e.status} {e.reason}".strip()
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,8 @@ class Cluster:
             yield
         except ApiException as e:
             if e.status == 404:
-                details = _details(e)
-                if details.get("name") == name:
+                details = _body(e).get("details")
+                if isinstance(details, dict) and details.get("name") == name:
                     _fail(f"{kind.name} {name} not found in namespace {self.namespace}")
                 _fail(
                     f"the API server at {self.server} does not serve {kind.plural}.{api.GROUP}/{api.VERSION}: "
@@ -123,15 +127,6 @@ class Cluster:
                 patch,
                 _content_type="application/merge-patch+json",
             )
-
-
-def _details(e: ApiException) -> dict[str, Any]:
-    try:
-        body = json.loads(e.body or "")
-    except (TypeError, ValueError):
-        return {}
-    details = body.get("details") if isinstance(body, dict) else None
-    return details if isinstance(details, dict) else {}
 
 
 @dataclass(frozen=True)
