@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test check lint typecheck unit crds bench bench-upload clean cluster cluster-down cluster-bin test-servers image
+.PHONY: demo demo-cluster test check lint typecheck unit crds bench bench-upload clean cluster cluster-down cluster-bin test-servers image
 
 $(VENV)/.stamp: requirements/runtime.txt requirements/dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -53,6 +53,10 @@ test-servers:
 # image; prints the kubeconfig path. Stop it with make cluster-down (see docs/test-cluster.md).
 cluster: $(VENV)/.stamp cluster-bin image
 	$(PY) -m tests.cluster up
+
+# The operator loop on that cluster: apply examples/cluster/, export now, show status, files and metrics.
+demo-cluster: cluster
+	KUBECTL="$$(bash tests/cluster/build.sh)/kubectl" $(PY) -m examples.demo_cluster
 
 cluster-down: $(VENV)/.stamp
 	$(PY) -m tests.cluster down

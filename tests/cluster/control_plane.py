@@ -44,6 +44,10 @@ CONTROLLERS = (
     "ttl-after-finished-controller",
     "endpointslice-controller",
     "clusterrole-aggregation-controller",  # so that view, edit and admin aggregate the product's roles
+    # PersistentVolumeClaims: a filesystem Destination or a local-path source is a claim the pod mounts
+    "persistentvolume-binder-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
 )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -21,7 +23,7 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 from botocore.config import Config
-from examples import sample
+from examples import demo_cluster, sample
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 from tests.cluster.cluster import Cluster
@@ -448,3 +450,99 @@ def test_destination_checks_set_available_and_the_flows_mirror_it(
         operator,
     )
     assert _condition(flow, "DestinationAvailable")["reason"] == "CheckFailed"
+
+
+@pytest.mark.timeout(600)
+def test_the_cluster_examples_export_into_a_claimed_folder(
+    api: client.ApiClient, operator: ProcessServer, tmp_path: Path
+) -> None:
+    """examples/cluster/ as `make demo-cluster` applies it: a local-path source and a filesystem Destination,
+    each a PersistentVolumeClaim the pods mount; the committed files land in the node folder behind the claim."""
+    lake, exports = tmp_path / "lake", tmp_path / "exports"
+    rows = demo_cluster.prepare(lake=lake, exports=exports, rows=4_000)
+    demo_cluster.apply(api, demo_cluster.documents(lake=lake, exports=exports))
+    try:
+        custom = client.CustomObjectsApi(api)
+        custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            demo_cluster.NAMESPACE,
+            FLOWS,
+            demo_cluster.FLOW,
+            {"metadata": {"annotations": {"dsexport.io/run-now": "examples"}}},
+        )
+        flow = demo_cluster.wait_recorded(api)
+        last = flow["status"]["lastExport"]
+        assert last["result"] == "Succeeded", _pod_logs(api, demo_cluster.NAMESPACE)
+        assert last["records"] == rows
+        folder = "marketing/exports"
+        dataset_id = "experience-events"
+        assert sorted(read_committed_ids(exports, dataset_id=dataset_id, folder=folder)) == sorted(
+            i for path in sorted((lake / "experience_events").glob("*.parquet")) for i in sample_ids(path)
+        )
+        assert_only_committed_files(exports, dataset_id=dataset_id, folder=folder)
+    finally:
+        client.CoreV1Api(api).delete_namespace(demo_cluster.NAMESPACE)
+        for pv in ("dsexport-demo-lake", "dsexport-demo-exports"):
+            client.CoreV1Api(api).delete_persistent_volume(pv)
+
+
+@pytest.mark.timeout(600)
+def test_an_operator_killed_during_a_run_records_it_once_after_restart(
+    api: client.ApiClient, namespace: str, store: Target, operator: ProcessServer, tmp_path: Path
+) -> None:
+    """SIGKILL while the Job runs; the Job finishes with no operator; the restarted operator finds it (listing the
+    Jobs) and records it exactly once, creating no second Job for the consumed annotation."""
+    ids = _upload_lake(store, tmp_path, f"lake/{namespace}", files=2)
+    _manifests(api, namespace, store, schedule={"frequency": "daily", "startDate": "2026-11-01"})
+    _wait_flow(api, namespace, lambda f: _condition(f, "Ready").get("status") == "True", "Ready", operator)
+    batch = client.BatchV1Api(api)
+    selector = f"{render.LABEL_EXPORT}=daily"
+    _annotate(api, namespace, "dsexport.io/run-now", "before-the-kill")
+    wait_until(
+        lambda: bool(batch.list_namespaced_job(namespace, label_selector=selector).items),
+        timeout=60,
+        what="the run-now Job",
+        interval=0.2,
+    )
+    assert operator.proc is not None
+    os.killpg(operator.proc.pid, signal.SIGKILL)
+    operator.proc.wait(timeout=10)
+    operator.proc = None
+
+    def job_done() -> bool:
+        [job] = batch.list_namespaced_job(namespace, label_selector=selector).items
+        return any(c.type in ("Complete", "Failed") and c.status == "True" for c in job.status.conditions or [])
+
+    wait_until(job_done, timeout=180, what="the Job to finish while the operator is down", interval=0.5)
+    assert "lastExport" not in (_flow(api, namespace).get("status") or {})
+    operator.start()
+    flow = _wait_flow(
+        api,
+        namespace,
+        lambda f: (f.get("status") or {}).get("lastExport") is not None,
+        "the recovered record",
+        operator,
+    )
+    assert flow["status"]["lastExport"]["result"] == "Succeeded", _pod_logs(api, namespace)
+    [progress] = flow["status"]["datasets"]
+    assert (progress["runs"], progress["records"]) == (1, len(ids))
+    assert len(batch.list_namespaced_job(namespace, label_selector=selector).items) == 1
+    assert flow["status"]["recordedJobs"].count(flow["status"]["lastExport"]["job"]) == 1
+
+
+def test_suspend_suspends_the_cronjobs_and_says_so(
+    api: client.ApiClient, namespace: str, store: Target, operator: ProcessServer
+) -> None:
+    _manifests(api, namespace, store, schedule={"frequency": "hourly", "interval": 3, "startDate": "2026-11-01"})
+    _wait_flow(api, namespace, lambda f: _condition(f, "Ready").get("reason") == "Scheduled", "Scheduled", operator)
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, FLOWS, "daily", {"spec": {"suspend": True}}
+    )
+    flow = _wait_flow(
+        api, namespace, lambda f: _condition(f, "Ready").get("reason") == "Suspended", "Suspended", operator
+    )
+    assert "nextExportTime" not in flow["status"]
+    [cron] = client.BatchV1Api(api).list_namespaced_cron_job(namespace).items
+    assert cron.spec.suspend is True
+    assert cron.spec.schedule == "0 0,3,6,9,12,15,18,21 * * *"

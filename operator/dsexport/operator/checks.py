@@ -180,6 +180,7 @@ def verdict(*, job_succeeded: bool, job_message: str, termination: str | None) -
                 return Verdict(True, "CheckSucceeded", f"{report.location}: {steps} succeeded".strip(": "))
             detail = "; ".join(f"{s.name}: {s.detail}" for s in failed) or "the check failed"
             return Verdict(False, "CheckFailed", detail[:1024])
+        return Verdict(False, "CheckFailed", f"the check could not run: {termination.strip()[-600:]}")
     if job_succeeded:
         return Verdict(False, "CheckUnreadable", "the check Job succeeded but left no readable report")
     return Verdict(False, "CheckFailed", f"the check Job failed before reporting ({job_message or 'no reason given'})")

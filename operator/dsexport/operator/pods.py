@@ -58,8 +58,7 @@ def exporter_pod_template(
             command,
             "--filename",
             f"{CONFIG_MOUNT}/{FLOW_KEY}",
-            "--secrets-dir",
-            SECRETS_MOUNT,
+            *(["--secrets-dir", SECRETS_MOUNT] if secrets else []),
             "--result-file",
             TERMINATION_LOG,
             "--output",
@@ -78,7 +77,8 @@ def exporter_pod_template(
             ),
         ],
         "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "File",
+        # A run that fails before writing its result (invalid manifests, a crash) leaves its last log lines.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "runAsNonRoot": True,
             "readOnlyRootFilesystem": True,

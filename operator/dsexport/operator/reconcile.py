@@ -7,6 +7,7 @@ writes nothing the first run did not, and creates no second Job.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -263,11 +264,15 @@ class Reconciler:
         # A pod that could not write its result into the status (API server away) left it as its termination
         # message, shortened to 4 KiB if need be: better than counting the run as a failure.
         terminations = self.kube.terminations(namespace=namespace, job=finished.name)
+        reports = {pod: text for pod, text in terminations.items() if text.lstrip().startswith("{")}
+        logs = [text for pod, text in sorted(terminations.items()) if pod not in reports]
+        if logs:  # the pod failed before writing a result: its last log lines say why
+            finished = dataclasses.replace(finished, message=f"{finished.message}; {logs[-1].strip()[-600:]}")
         recorded: list[bool] = []
 
         def mutate(status: DatasetExportStatus, obj: dict[str, Any]) -> None:
             out.uid = obj["metadata"]["uid"]
-            for pod, message in terminations.items():
+            for pod, message in reports.items():
                 status.pending_results.setdefault(pod, message)
             recorded[:] = [results.record_job(status, finished, now=now)]
 

@@ -27,6 +27,10 @@ STARTING_DEADLINE_SECONDS: Final = 600
 the next slot's run exports what it missed, since runs export everything new since the watermark."""
 HISTORY_LIMIT: Final = 3
 BACKOFF_LIMIT: Final = 3
+NO_RETRY_ON_INVALID: Final = {
+    "rules": [{"action": "FailJob", "onExitCodes": {"containerName": "exporter", "operator": "In", "values": [2]}}]
+}
+"""Exit status 2 is invalid manifests or arguments: a retry fails the same way, so the Job fails at once."""
 _MAX_NAME: Final = 52  # a CronJob's name leaves 11 characters for the Jobs' suffix
 
 
@@ -231,7 +235,11 @@ def cron_job(
         volumes=volumes,
         volume_mounts=volume_mounts,
     )
-    job_spec: dict[str, Any] = {"backoffLimit": BACKOFF_LIMIT, "template": template}
+    job_spec: dict[str, Any] = {
+        "backoffLimit": BACKOFF_LIMIT,
+        "podFailurePolicy": NO_RETRY_ON_INVALID,
+        "template": template,
+    }
     if timeout_seconds is not None:
         job_spec["activeDeadlineSeconds"] = timeout_seconds
     return {
