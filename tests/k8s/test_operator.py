@@ -546,3 +546,91 @@ def test_suspend_suspends_the_cronjobs_and_says_so(
     [cron] = client.BatchV1Api(api).list_namespaced_cron_job(namespace).items
     assert cron.spec.suspend is True
     assert cron.spec.schedule == "0 0,3,6,9,12,15,18,21 * * *"
+
+
+@pytest.mark.timeout(600)
+def test_a_flow_of_100_datasets_reaches_the_status_complete(
+    api: client.ApiClient, namespace: str, store: Target, operator: ProcessServer, tmp_path: Path
+) -> None:
+    """100 results are far more than a 4 KiB termination message: the pod's status patch carries them all."""
+    count = 100
+    s3 = _s3(store)
+    local = tmp_path / "one"
+    sample.write_files(local, files=1, rows_per_file=50, seed=1, start=START)
+    [file] = sorted(local.glob("*.parquet"))
+    endpoint = store.block["endpoint"].removeprefix("http://")
+    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+    for name in (SECRET_NAME, LAKE_SECRET):
+        core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "stringData": store.secret})
+    names = [f"dataset-with-a-rather-long-name-{i:03d}" for i in range(count)]
+    for name in names:
+        s3.upload_file(str(file), store.block["bucket"], f"lake/{namespace}/{name}/{file.name}")
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "datasets",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Dataset",
+                "metadata": {"name": name},
+                "spec": {
+                    "source": {
+                        "uri": f"s3://{store.block['bucket']}/lake/{namespace}/{name}?endpoint_override={endpoint}"
+                        f"&scheme=http&region={store.block['region']}",
+                        "credentialsSecretRef": {"name": LAKE_SECRET},
+                    },
+                    "incremental": {"strategy": "files", "lookback": "0s"},
+                },
+            },
+        )
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "destinations",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Destination",
+            "metadata": {"name": "store"},
+            "spec": {**store.destination_spec(), "folder": f"exports/{namespace}", "healthCheck": {"interval": "0"}},
+        },
+    )
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        FLOWS,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "DatasetExport",
+            "metadata": {"name": "daily"},
+            "spec": {
+                "destinationRef": {"name": "store"},
+                "datasets": [{"name": n} for n in names],
+                "schedule": {"frequency": "daily", "startDate": "2026-11-01"},
+            },
+        },
+    )
+    _wait_flow(api, namespace, lambda f: _condition(f, "Ready").get("reason") == "Scheduled", "Scheduled", operator)
+    _annotate(api, namespace, "dsexport.io/run-now", "hundred")
+    flow = _wait_flow(
+        api, namespace, lambda f: (f.get("status") or {}).get("lastExport") is not None, "the export of 100", operator
+    )
+    assert flow["status"]["lastExport"]["result"] == "Succeeded", _pod_logs(api, namespace)
+    assert flow["status"]["lastExport"]["records"] == 50 * count
+    progress = {d["name"]: d for d in flow["status"]["datasets"]}
+    assert sorted(progress) == sorted(names)
+    transport = store.transport()
+    for name in names:
+        [manifest] = committed(transport, name, f"exports/{namespace}")
+        entry = progress[name]
+        assert (entry["records"], entry["bytes"], entry["lastExportTime"]) == (
+            manifest["records"],
+            manifest["bytes"],
+            manifest["exportTime"],
+        )
+    # The termination message could not have carried this: it is the compact form, with results left out.
+    [pod] = core.list_namespaced_pod(namespace, label_selector=f"{render.LABEL_EXPORT}=daily").items
+    message = json.loads(pod.status.container_statuses[0].state.terminated.message)
+    assert message["omitted"] > 0
