@@ -399,6 +399,7 @@ def _destination(api: client.ApiClient, namespace: str) -> dict[str, Any]:
     return found
 
 
+@pytest.mark.timeout(600)
 def test_destination_checks_set_available_and_the_flows_mirror_it(
     api: client.ApiClient, namespace: str, store: Target, operator: ProcessServer
 ) -> None:
@@ -426,6 +427,21 @@ def test_destination_checks_set_available_and_the_flows_mirror_it(
     client.CoreV1Api(api).replace_namespaced_secret(
         SECRET_NAME, namespace, {"metadata": {"name": SECRET_NAME}, "stringData": wrong}
     )
+    # An export that fails on the destination makes it unavailable at once, and the flows say so.
+    _annotate(api, namespace, "dsexport.io/run-now", "with-wrong-credentials")
+    wait_until(
+        lambda: _condition(_destination(api, namespace), "Available").get("reason") == "ExportFailed",
+        timeout=240,
+        what="the failed export to flip the Destination",
+        interval=0.5,
+    )
+    _wait_flow(
+        api,
+        namespace,
+        lambda f: _condition(f, "DestinationAvailable").get("reason") == "ExportFailed",
+        "the flow to mirror the failed export",
+        operator,
+    )
     client.CustomObjectsApi(api).patch_namespaced_custom_object(
         GROUP,
         VERSION,
@@ -434,7 +450,12 @@ def test_destination_checks_set_available_and_the_flows_mirror_it(
         "store",
         {"metadata": {"annotations": {"dsexport.io/check-now": "1"}}},
     )
-    wait_until(available("False"), timeout=120, what="the check to find the wrong credentials", interval=0.5)
+    wait_until(
+        lambda: _condition(_destination(api, namespace), "Available").get("reason") == "CheckFailed",
+        timeout=120,
+        what="the check to find the wrong credentials",
+        interval=0.5,
+    )
     destination = _destination(api, namespace)
     condition = _condition(destination, "Available")
     assert condition["reason"] == "CheckFailed"

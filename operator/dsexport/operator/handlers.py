@@ -259,6 +259,15 @@ class _Handlers:
         self.observe(spec or {"metadata": {"namespace": namespace, "name": name}}, outcome)
         if outcome.seconds is not None:
             self.metrics.observe_run(namespace=namespace, export=name, seconds=outcome.seconds)
+        destination = ((spec or {}).get("spec") or {}).get("destinationRef", {}).get("name")
+        if outcome.destination_failure and destination:
+            verdict = self.destinations.export_failed(
+                namespace=namespace, name=destination, message=outcome.destination_failure, now=_now()
+            )
+            if verdict is not None:
+                self.metrics.set_destination(namespace=namespace, name=destination, available=False)
+                refs = kwargs["_flow_refs"].get((namespace, "Destination", destination)) or ()
+                self.destinations.mirror(namespace=namespace, flows=sorted(set(refs)), verdict=verdict, now=_now())
 
     def check_finished(self, job: Mapping[str, Any], refs: Any) -> None:
         outcome, verdict = self.destinations.check_finished(job, now=_now())

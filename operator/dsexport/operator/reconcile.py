@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from dsexport import api
 from dsexport.api.status import CronJobRef, DatasetExportStatus, DestinationStatus
 from dsexport.engine import schedule as schedules
+from dsexport.errors import DestinationError
 from dsexport.operator import checks, render, results
 from dsexport.operator import desired as desired_state
 from dsexport.operator.kube import Kube
@@ -46,6 +47,7 @@ class Outcome:
     status: DatasetExportStatus | None = None
     uid: str | None = None  # the DatasetExport's, for the Events' involvedObject
     seconds: float | None = None  # a Job recorded now: how long it ran
+    destination_failure: str | None = None  # a Job recorded now failed on the destination: why
 
 
 def _export_time(now: dt.datetime, status: Mapping[str, Any]) -> str:
@@ -274,6 +276,9 @@ class Reconciler:
             out.uid = obj["metadata"]["uid"]
             for pod, message in reports.items():
                 status.pending_results.setdefault(pod, message)
+            _, found = results.results_of(status, finished.name)
+            failures = [r for run in found for r in run.results if r.reason == DestinationError.reason]
+            out.destination_failure = f"{failures[-1].dataset}: {failures[-1].message}" if failures else None
             recorded[:] = [results.record_job(status, finished, now=now)]
 
         out.status = self.kube.update_status(
@@ -370,6 +375,25 @@ class DestinationReconciler:
         kind = "Normal" if verdict.available else "Warning"
         out.events.append(Event(kind, verdict.reason, verdict.message))
         return out, verdict
+
+    def export_failed(self, *, namespace: str, name: str, message: str, now: dt.datetime) -> checks.Verdict | None:
+        """An export that failed on the destination makes it unavailable until a check finds it working."""
+        verdict = checks.Verdict(False, "ExportFailed", f"an export failed on it: {message}"[:1024])
+
+        def mutate(status: DestinationStatus, _: dict[str, Any]) -> None:
+            results.set_condition(
+                status.conditions,
+                type_=checks.AVAILABLE,
+                ok=False,
+                reason=verdict.reason,
+                message=verdict.message,
+                now=now,
+            )
+
+        found = self.kube.update_status(
+            plural="destinations", namespace=namespace, name=name, model=DestinationStatus, mutate=mutate
+        )
+        return verdict if found is not None else None
 
     def mirror(self, *, namespace: str, flows: list[str], verdict: checks.Verdict, now: dt.datetime) -> None:
         """The verdict as each flow's DestinationAvailable condition."""
