@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-cluster test check lint typecheck unit crds bench bench-upload clean cluster cluster-down cluster-bin test-servers image
+.PHONY: demo demo-cluster test check lint typecheck unit crds bench bench-upload bench-operator clean cluster cluster-down cluster-bin test-servers image
 
 $(VENV)/.stamp: requirements/runtime.txt requirements/dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -71,6 +71,11 @@ bench: $(VENV)/.stamp
 # Upload throughput per destination against each SDK's plain upload, on the real test servers.
 bench-upload: $(VENV)/.stamp test-servers
 	$(PY) -m bench.upload
+
+# The operator at scale: 1000 flows applied at once on a real control plane (no node), seconds until all are
+# Ready, the operator's peak RSS, API requests per flow and writes while idle (docs/benchmarks.md).
+bench-operator: $(VENV)/.stamp cluster-bin
+	$(PY) -m bench.operator
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
