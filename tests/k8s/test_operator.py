@@ -342,7 +342,32 @@ def test_deleting_the_flow_removes_what_it_created(
     selector = f"{render.LABEL_EXPORT}=daily"
     assert len(batch.list_namespaced_cron_job(namespace, label_selector=selector).items) == 1
     assert len(core.list_namespaced_config_map(namespace, label_selector=selector).items) == 1
-    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, FLOWS, "daily")
+    # A Dataset in use is not deleted while the flow uses it: it waits, and an Event says why.
+    custom = client.CustomObjectsApi(api)
+
+    def protected() -> bool:
+        dataset = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "events")
+        return "dsexport.io/operator" in (dataset["metadata"].get("finalizers") or [])
+
+    wait_until(protected, timeout=30, what="the operator's finalizer on the Dataset", interval=0.2)
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "events")
+
+    def in_use_event() -> bool:
+        return any(e.reason == "InUse" and "daily" in e.message for e in core.list_namespaced_event(namespace).items)
+
+    try:
+        wait_until(in_use_event, timeout=60, what="an InUse Event on the Dataset", interval=0.5)
+    except TimeoutError:
+        dataset = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "datasets")["items"]
+        raise AssertionError(f"{dataset}\n{operator.log.read_text()[-5000:]}") from None
+    dataset = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "events")
+    assert dataset["metadata"]["deletionTimestamp"]
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, FLOWS, "daily")
+
+    def dataset_gone() -> bool:
+        return not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "datasets")["items"]
+
+    wait_until(dataset_gone, timeout=60, what="the Dataset's deletion to complete once unused", interval=0.5)
 
     def gone() -> bool:
         return not (

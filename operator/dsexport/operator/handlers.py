@@ -28,6 +28,7 @@ from dsexport.operator.results import now_text
 
 TIMER_SECONDS: Final = 60.0
 RETRY_SECONDS: Final = 10.0
+PROTECT_RETRY_SECONDS: Final = 10.0
 MANAGED: Final = {"app.kubernetes.io/managed-by": "dsexport-operator"}
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,22 @@ class _Handlers:
         if kwargs["type"] != "DELETED":
             self.used_by(kind=kind, namespace=namespace, name=name, refs=refs)
 
+    def protect(self, **kwargs: Any) -> None:
+        """Deleting a Dataset or Destination that a flow uses waits (kopf keeps its finalizer) until no flow uses
+        it any more: the flows go on exporting meanwhile, and the user is told which flows to change."""
+        body = kwargs["body"]
+        namespace, name, kind = kwargs["namespace"], kwargs["name"], body["kind"]
+        users = sorted(set(kwargs["_flow_refs"].get((namespace, kind, name)) or ()))
+        if not users:
+            return
+        message = (
+            f"{kind} {name} is used by DatasetExport(s) {', '.join(users)}: its deletion completes once they no "
+            "longer reference it (edit or delete them)"
+        )
+        if kwargs.get("retry", 0) == 0:
+            self.post(body, [Event("Warning", "InUse", message)])
+        raise kopf.TemporaryError(message, delay=PROTECT_RETRY_SECONDS)
+
     def dataset_event(self, **kwargs: Any) -> None:
         self.referenced_changed("Dataset", kwargs)
 
@@ -301,6 +318,8 @@ def build(options: Options) -> kopf.OperatorRegistry:
     kopf.on.delete(group, version, flows, registry=registry, optional=True)(h.flow_deleted)
     kopf.timer(group, version, flows, registry=registry, interval=TIMER_SECONDS, idle=TIMER_SECONDS)(h.clock)
     kopf.on.event(group, version, "datasets", registry=registry)(h.dataset_event)
+    for plural in ("datasets", "destinations"):
+        kopf.on.delete(group, version, plural, registry=registry, id="protect")(h.protect)
     kopf.on.event(group, version, "destinations", registry=registry)(h.destination_event)
     kopf.timer(group, version, "destinations", registry=registry, interval=TIMER_SECONDS, idle=TIMER_SECONDS)(
         h.check_destination
