@@ -132,13 +132,11 @@ class Reconciler:
             ready = (True, "Finished", "the schedule has no slot left: no export is scheduled any more")
         else:
             ready = (True, "Scheduled", f"{len(plan.cron_jobs)} CronJob(s) export {len(flow.spec.datasets)} dataset(s)")
-        before = self.kube.get_custom(plural=PLURAL, namespace=namespace, name=name)
-        previous = DatasetExportStatus.model_validate((before or {}).get("status") or {})
-        was = next((c for c in previous.conditions if c.type == READY), None)
+        was: list[str | None] = []
         out.status = self._status(
-            body, now=now, ready=ready, flow=flow, plan=plan, available=_mirror(destination, availability)
+            body, now=now, ready=ready, flow=flow, plan=plan, available=_mirror(destination, availability), was=was
         )
-        if was is None or was.reason != ready[1]:
+        if out.status is not None and was[:1] != [ready[1]]:
             out.events.append(Event("Normal" if ready[0] else "Warning", ready[1], ready[2]))
         return out
 
@@ -206,11 +204,15 @@ class Reconciler:
         flow: api.DatasetExport | None,
         plan: desired_state.Desired | None,
         available: tuple[bool | None, str, str] | None = None,
+        was: list[str | None] | None = None,
     ) -> DatasetExportStatus | None:
+        """Write the flow's status; ``was`` receives the Ready reason it had (to post an Event on a change)."""
         meta = body["metadata"]
         generation = meta.get("generation")
 
         def mutate(status: DatasetExportStatus, _: dict[str, Any]) -> None:
+            if was is not None:
+                was[:] = [next((c.reason for c in status.conditions if c.type == READY), None)]
             status.observed_generation = generation
             results.set_condition(
                 status.conditions,
