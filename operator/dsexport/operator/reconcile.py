@@ -237,17 +237,8 @@ class Reconciler:
             status.finished = desired_state.finished(groups, now=now) or None
             # Datasets no longer in the flow leave the status; their files stay at the destination.
             status.datasets = [d for d in status.datasets if d.name in {e.name for e in flow.spec.datasets}]
-            if available is None:
-                return
-            results.set_condition(
-                status.conditions,
-                type_=DESTINATION_AVAILABLE,
-                ok=available[0],
-                reason=available[1],
-                message=available[2],
-                now=now,
-                observed_generation=generation,
-            )
+            if available is not None:
+                mirror_condition(status, available=available, now=now)  # observedGeneration is set above
 
         return self.kube.update_status(
             plural=PLURAL, namespace=meta["namespace"], name=meta["name"], model=DatasetExportStatus, mutate=mutate
