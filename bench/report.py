@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # bench.upload writes here too, without importing what bench.
 REPO = Path(__file__).resolve().parent.parent
 DOCS_NAME = "docs/benchmarks.md"
 DOCS = REPO / DOCS_NAME
-SECTIONS = ("run", "upload")  # in page order; all but the first between markers
+SECTIONS = ("run", "upload", "operator")  # in page order; all but the first between markers
 TITLE = "# Benchmarks"
 
 # ------------------------------------------------------------------------------------------------ the page
