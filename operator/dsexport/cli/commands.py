@@ -15,9 +15,9 @@ from rich.console import Console
 
 from dsexport import logs
 from dsexport.api import loader
-from dsexport.cli import local, render
-from dsexport.engine import Outcome, RunResult, check_destination, schedule
+from dsexport.engine import schedule
 from dsexport.engine.manifest import RESET_TOKEN_PATTERN
+from dsexport.engine.result import Outcome, RunResult
 from dsexport.engine.schedule import NoSlotError
 
 EXIT_FAILED = 1
@@ -144,6 +144,8 @@ def run(
         raise click.UsageError("--at and --export-time both choose the exportTime folder: give one of them")
     if reset_token is not None and not resets:
         raise click.UsageError("--reset-token identifies a reset: give the dataset to reset with --reset")
+    from dsexport.cli import local, render  # noqa: PLC0415 - the exporter: pyarrow, polars, every store's client
+
     bundle = _load(files, secret_folders)
     when = _parse_at(at)
     try:
@@ -233,6 +235,8 @@ def check(
     except loader.ManifestError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(EXIT_INVALID) from None
+    from dsexport.engine.check import check_destination  # noqa: PLC0415 - loads every store's client
+
     report = check_destination(destination, credentials)
     if result_file:
         try:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dsexport.api import loader
-from dsexport.cli import local
-from dsexport.engine import DatasetResult, ExportRequest, Outcome
+from dsexport.engine.result import DatasetResult, Outcome
+
+if TYPE_CHECKING:
+    from dsexport.engine.exporter import ExportRequest
 
 
 def run_with_progress(bundle: loader.Bundle, plan: list[ExportRequest], console: Console) -> list[DatasetResult]:
@@ -23,6 +27,8 @@ def run_with_progress(bundle: loader.Bundle, plan: list[ExportRequest], console:
 
         def on_start(request: ExportRequest) -> None:
             progress.update(task, description=f"{request.dataset_export}/{request.dataset.metadata.name}", completed=0)
+
+        from dsexport.cli import local  # noqa: PLC0415 - the exporter: pyarrow, polars, every store's client
 
         return local.run(bundle, plan, on_start=on_start, on_records=lambda n: progress.advance(task, n))
 
