@@ -33,6 +33,7 @@ from tests.servers import SECRET_NAME, ProcessServer, Target, free_port, seaweed
 
 from dsexport.api import GROUP, VERSION
 from dsexport.operator import render
+from dsexport.operator.handlers import FINALIZER
 
 FLOWS = "datasetexports"
 LAKE_SECRET = "lake-creds"
@@ -347,7 +348,7 @@ def test_deleting_the_flow_removes_what_it_created(
 
     def protected() -> bool:
         dataset = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "events")
-        return "dsexport.io/operator" in (dataset["metadata"].get("finalizers") or [])
+        return FINALIZER in (dataset["metadata"].get("finalizers") or [])
 
     wait_until(protected, timeout=30, what="the operator's finalizer on the Dataset", interval=0.2)
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "events")

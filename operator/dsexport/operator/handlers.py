@@ -1,17 +1,23 @@
 """The kopf wiring: which watch events reconcile what. The only module that imports kopf.
 
-Datasets, Destinations and DatasetExports are indexed in memory, so a change of a Dataset or a Destination
-reconciles exactly the flows that reference it, without listing anything; a referenced object that appears later
-is seen by its watch, not found by polling. Export Jobs are watched to record each finished one in its flow's
-status. A light timer per flow only checks the clock (a schedule's window opening or closing, the next slot) and
-reconciles when that changed something.
+Every handler is an event handler: the operator decides itself what an event means (a flow's generation not yet
+observed, an annotation to act on, a referenced spec that changed), so kopf keeps no state in the objects (no
+annotations, no finalizers of its own) and the operator's own status writes trigger nothing. Datasets,
+Destinations, flows and the flows' CronJobs are kopf indexes, complete before any handler runs: a change of a
+Dataset or a Destination reconciles exactly the flows that reference it, without listing anything, and a
+referenced object that appears later is seen by its watch, not found by polling. Export Jobs are watched to
+record each finished one. One clock thread, not a timer per object, reconciles a flow when time changed what it
+should look like (a window opening or closing, the next slot passing) and starts Destination checks when due.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -21,15 +27,16 @@ from pydantic import ValidationError
 from dsexport import api
 from dsexport.api.status import DatasetStatus, DestinationStatus
 from dsexport.operator import checks, desired, render
-from dsexport.operator.kube import Kube
+from dsexport.operator.kube import Kube, version
 from dsexport.operator.metrics import Metrics
-from dsexport.operator.reconcile import DestinationReconciler, Event, Outcome, Reconciler
+from dsexport.operator.reconcile import RESET, RUN_NOW, DestinationReconciler, Event, Outcome, Reconciler
 from dsexport.operator.results import now_text
 
 TIMER_SECONDS: Final = 60.0
-RETRY_SECONDS: Final = 10.0
-PROTECT_RETRY_SECONDS: Final = 10.0
 MANAGED: Final = {"app.kubernetes.io/managed-by": "dsexport-operator"}
+FINALIZER: Final = "dsexport.io/in-use"
+"""On a Dataset or Destination while a flow references it: deleting it then waits until no flow does."""
+INDEXES: Final = ("_dataset_bodies", "_destination_bodies", "_flow_refs", "_cron_jobs")
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,20 @@ class Options:
     kubeconfig: str | None = None
     settings: desired.Settings = field(default_factory=desired.Settings)
     metrics: Metrics = field(default_factory=Metrics)
+
+
+@dataclass(frozen=True)
+class Referenced:
+    """A Dataset or Destination as its index holds it: the parsed model (None when invalid) and the object."""
+
+    model: api.Dataset | api.Destination | None
+    body: dict[str, Any]
+
+    @property
+    def available(self) -> dict[str, Any] | None:
+        """A Destination's Available condition (which its flows mirror)."""
+        conditions = (self.body.get("status") or {}).get("conditions") or []
+        return next((dict(c) for c in conditions if c.get("type") == checks.AVAILABLE), None)
 
 
 def _now() -> dt.datetime:
@@ -52,34 +73,26 @@ def _one(store: Any) -> Any:
     return None
 
 
-def _dataset(body: Mapping[str, Any]) -> api.Dataset | None:
+def _parsed(model: type[api.Dataset] | type[api.Destination], body: Mapping[str, Any]) -> Any:
     try:
-        return api.Dataset.model_validate(dict(body))
-    except ValidationError:
-        return None
-
-
-def _destination(body: Mapping[str, Any]) -> api.Destination | None:
-    try:
-        return api.Destination.model_validate(dict(body))
+        return model.model_validate(dict(body))
     except ValidationError:
         return None
 
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+    return {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in body}
 
 
 def _configure(**kwargs: Any) -> None:
     settings: kopf.OperatorSettings = kwargs["settings"]
-    # The status schema is structural: kopf keeps its bookkeeping in annotations instead of status.kopf, under
-    # a prefix of its own (kopf ignores changes to annotations under it, and must not ignore dsexport.io/run-now).
+    # No handler needs kopf's bookkeeping; should one ever, it goes to annotations under a prefix of its own (the
+    # status schema is structural, and kopf ignores changes under it, but must not ignore dsexport.io/run-now).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.dsexport.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kopf.dsexport.io", key="last-handled-configuration"
     )
-    settings.posting.loggers = False  # Events are posted on purpose, not for every log line
-    settings.persistence.finalizer = "dsexport.io/operator"  # the timers' (kopf stops them on deletion)
+    settings.posting.enabled = False  # Events are posted on purpose by the handlers, not for every log line
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10]
@@ -91,15 +104,13 @@ def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 def _dataset_bodies(**kwargs: Any) -> dict[Any, Any]:
-    return {(kwargs["namespace"], kwargs["name"]): _dataset(kwargs["body"])}
+    body = _plain(kwargs["body"])
+    return {(kwargs["namespace"], kwargs["name"]): Referenced(_parsed(api.Dataset, body), body)}
 
 
 def _destination_bodies(**kwargs: Any) -> dict[Any, Any]:
-    """The Destination and its Available condition (which its flows mirror)."""
-    body = kwargs["body"]
-    conditions = (body.get("status") or {}).get("conditions") or []
-    available = next((dict(c) for c in conditions if c.get("type") == checks.AVAILABLE), None)
-    return {(kwargs["namespace"], kwargs["name"]): (_destination(body), available)}
+    body = _plain(kwargs["body"])
+    return {(kwargs["namespace"], kwargs["name"]): Referenced(_parsed(api.Destination, body), body)}
 
 
 def _flow_refs(**kwargs: Any) -> dict[Any, Any]:
@@ -109,11 +120,21 @@ def _flow_refs(**kwargs: Any) -> dict[Any, Any]:
     return keys
 
 
-def _flow_bodies(**kwargs: Any) -> dict[Any, Any]:
-    return {(kwargs["namespace"], kwargs["name"]): _plain(kwargs["body"])}
+def _cron_jobs(**kwargs: Any) -> dict[Any, Any]:
+    """A flow's CronJobs (name, version): its reconciliation reads and lists none of them."""
+    flow = (kwargs["labels"] or {}).get(render.LABEL_EXPORT)
+    return {(kwargs["namespace"], flow): (kwargs["name"], version(kwargs["body"]))} if flow else {}
 
 
 _USERS: Final = {"Dataset": ("datasets", DatasetStatus), "Destination": ("destinations", DestinationStatus)}
+
+
+def _fingerprint(kind: str, body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a Dataset or Destination its flows depend on: its spec (by generation) and, of a Destination, its
+    Available condition. Status writes (usedBy, check times) and metadata changes leave it alone."""
+    available = Referenced(None, dict(body)).available if kind == "Destination" else None
+    mirrored = tuple((available or {}).get(k) for k in ("status", "reason", "message"))
+    return (body["metadata"].get("uid"), body["metadata"].get("generation"), mirrored)
 
 
 class _Handlers:
@@ -126,6 +147,22 @@ class _Handlers:
         self.reconciler = reconciler
         self.destinations = destinations
         self.metrics = metrics
+        self.indexes: dict[str, Any] = {}  # kopf's live indexes, for the clock thread
+        self.flows: dict[tuple[str, str], dict[str, Any]] = {}  # the latest body of every flow
+        self.destination_bodies: dict[tuple[str, str], dict[str, Any]] = {}
+        self.fingerprints: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        self.warned: set[tuple[str, str, str, str]] = set()  # (kind, namespace, name, deletionTimestamp)
+        self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+        self.stopping = threading.Event()
+
+    @contextmanager
+    def locked(self, key: tuple[str, str]) -> Iterator[None]:
+        """One reconciliation of a flow at a time (its own events, its Datasets' and the clock may coincide)."""
+        with self._guard:
+            lock = self._locks[key]
+        with lock:
+            yield
 
     def observe(self, body: Mapping[str, Any], outcome: Outcome) -> None:
         """The metrics follow every status the operator wrote or found: counters are the status's totals."""
@@ -138,124 +175,209 @@ class _Handlers:
         meta = body["metadata"]
         self.metrics.update_flow(namespace=meta["namespace"], name=meta["name"], flow=flow, status=outcome.status)
 
-    @staticmethod
-    def post(body: Mapping[str, Any], events: Iterable[Event]) -> None:
+    def post(self, involved: Mapping[str, Any], events: Iterable[Event]) -> None:
         for event in events:
-            kopf.event(
-                dict(body),  # type: ignore[arg-type]
-                type=event.type,
-                reason=event.reason,
-                message=event.message[:1024],
-            )
+            self.kube.post_event(involved, type_=event.type, reason=event.reason, message=event.message)
 
-    def reconcile_flow(self, body: Mapping[str, Any], indexes: Mapping[str, Any]) -> Outcome:
-        namespace = body["metadata"]["namespace"]
-        spec = body.get("spec") or {}
-        datasets = {}
-        for entry in spec.get("datasets") or []:
-            found = _one(indexes["_dataset_bodies"].get((namespace, entry.get("name"))))
-            if found is not None:
-                datasets[entry["name"]] = found
-        ref = (spec.get("destinationRef") or {}).get("name")
-        destination, available = _one(indexes["_destination_bodies"].get((namespace, ref))) or (None, None)
-        outcome = self.reconciler.flow(
-            body, datasets=datasets, destination=destination, availability=available, now=_now()
-        )
+    def reconcile_flow(self, key: tuple[str, str]) -> Outcome | None:
+        """Reconcile the flow from its latest body and the indexes; None when it is gone or being deleted."""
+        with self.locked(key):
+            body = self.flows.get(key)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return None
+            namespace = key[0]
+            spec = body.get("spec") or {}
+            datasets = {}
+            for entry in spec.get("datasets") or []:
+                found = _one(self.indexes["_dataset_bodies"].get((namespace, entry.get("name"))))
+                if found is not None and found.model is not None:
+                    datasets[entry["name"]] = found.model
+            ref = (spec.get("destinationRef") or {}).get("name")
+            found = _one(self.indexes["_destination_bodies"].get((namespace, ref)))
+            destination, available = (found.model, found.available) if found is not None else (None, None)
+            cron_jobs = dict(self.indexes["_cron_jobs"].get(key) or ())
+            outcome = self.reconciler.flow(
+                body,
+                datasets=datasets,
+                destination=destination,
+                availability=available,
+                now=_now(),
+                cron_jobs=cron_jobs,
+            )
         self.post(body, outcome.events)
         self.observe(body, outcome)
         return outcome
 
-    def used_by(self, *, kind: str, namespace: str, name: str, refs: Any) -> None:
-        """A Dataset's or Destination's ``usedBy``: the flows that reference it (written only when it changed)."""
+    def keep_users(self, kind: str, body: Mapping[str, Any], users: list[str]) -> None:
+        """A Dataset's or Destination's ``usedBy`` and in-use finalizer, written only when they changed, and an
+        InUse Event when it is being deleted while flows use it."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
         plural, model = _USERS[kind]
-        users = sorted(set(refs.get((namespace, kind, name)) or ()))
+        deleting = meta.get("deletionTimestamp")
+        current: Mapping[str, Any] | None = body
+        if not (users and deleting):
+            current = self.kube.set_finalizer(body, plural=plural, finalizer=FINALIZER, present=bool(users)) or body
+        if deleting:
+            if users and (kind, namespace, name, deleting) not in self.warned:
+                self.warned.add((kind, namespace, name, deleting))
+                message = (
+                    f"{kind} {name} is used by DatasetExport(s) {', '.join(users)}: its deletion completes once they "
+                    "no longer reference it (edit or delete them)"
+                )
+                self.post(body, [Event("Warning", "InUse", message)])
+            if not users:
+                return  # the finalizer is gone: the object is about to be
+        status = body.get("status") or {}
+        if sorted(status.get("usedBy") or []) == users and status.get("observedGeneration") == meta.get("generation"):
+            return
 
-        def mutate(status: Any, obj: dict[str, Any]) -> None:
-            status.used_by = users
-            status.observed_generation = obj["metadata"].get("generation")
+        def mutate(found: Any, obj: dict[str, Any]) -> None:
+            found.used_by = users
+            found.observed_generation = obj["metadata"].get("generation")
 
-        self.kube.update_status(plural=plural, namespace=namespace, name=name, model=model, mutate=mutate)
+        self.kube.update_status(
+            plural=plural, namespace=namespace, name=name, model=model, mutate=mutate, current=current
+        )
 
-    def refresh_users(self, namespace: str, specs: Iterable[Mapping[str, Any]], refs: Any) -> None:
-        datasets = {d.get("name") for s in specs for d in s.get("datasets") or []}
-        destinations = {(s.get("destinationRef") or {}).get("name") for s in specs}
-        for name in sorted(n for n in datasets if n):
-            self.used_by(kind="Dataset", namespace=namespace, name=name, refs=refs)
-        for name in sorted(n for n in destinations if n):
-            self.used_by(kind="Destination", namespace=namespace, name=name, refs=refs)
+    def users(self, kind: str, namespace: str, name: str) -> list[str]:
+        return sorted(set(self.indexes["_flow_refs"].get((namespace, kind, name)) or ()))
 
-    def flow_changed(self, **kwargs: Any) -> None:
-        body = kwargs["body"]
-        self.reconcile_flow(body, kwargs)
-        specs = [body.get("spec") or {}, (kwargs.get("old") or {}).get("spec") or {}]
-        self.refresh_users(body["metadata"]["namespace"], specs, kwargs["_flow_refs"])
+    def refresh_users(self, namespace: str, specs: Iterable[Mapping[str, Any]]) -> None:
+        """After a flow changed or went: the usedBy of everything it references or referenced."""
+        names = {
+            "Dataset": {d.get("name") for s in specs for d in s.get("datasets") or []},
+            "Destination": {(s.get("destinationRef") or {}).get("name") for s in specs},
+        }
+        for kind, index in (("Dataset", "_dataset_bodies"), ("Destination", "_destination_bodies")):
+            for name in sorted(n for n in names[kind] if n):
+                found = _one(self.indexes[index].get((namespace, name)))
+                if found is not None:
+                    self.keep_users(kind, found.body, self.users(kind, namespace, name))
 
-    def flow_deleted(self, **kwargs: Any) -> None:
-        body = kwargs["body"]
-        self.metrics.forget_flow(namespace=body["metadata"]["namespace"], name=body["metadata"]["name"])
-        self.refresh_users(body["metadata"]["namespace"], [body.get("spec") or {}], kwargs["_flow_refs"])
+    def remember_indexes(self, kwargs: Mapping[str, Any]) -> None:
+        if not self.indexes:
+            self.indexes = {name: kwargs[name] for name in INDEXES}
 
-    def clock(self, **kwargs: Any) -> None:
-        """Reconcile only when time changed what the flow should look like: a window opened or closed, a slot
-        passed (nextExportTime), or the last reconciliation did not finish."""
-        body = kwargs["body"]
+    def flow_event(self, **kwargs: Any) -> None:
+        """Reconcile a flow when it needs it: at start-up, when its generation is not yet observed, or when it
+        carries an annotation to act on. Its own status writes change none of these."""
+        self.remember_indexes(kwargs)
+        body, key = kwargs["body"], (kwargs["namespace"], kwargs["name"])
+        before = self.flows.get(key)
+        old_spec = (before or {}).get("spec") or {}
+        if kwargs["type"] == "DELETED":
+            self.flows.pop(key, None)
+            self.metrics.forget_flow(namespace=key[0], name=key[1])
+            self.refresh_users(key[0], [old_spec, body.get("spec") or {}])
+            return
+        self.flows[key] = _plain(body)
+        meta, status = body["metadata"], body.get("status") or {}
+        annotations = meta.get("annotations") or {}
+        needed = (
+            kwargs["type"] is None
+            or status.get("observedGeneration") != meta.get("generation")
+            or RUN_NOW in annotations
+            or RESET in annotations
+        )
+        if needed and self.reconcile_flow(key) is not None and old_spec != body.get("spec"):
+            self.refresh_users(key[0], [body.get("spec") or {}, old_spec])
+
+    def referenced_event(self, kind: str, kwargs: Mapping[str, Any]) -> None:
+        """A Dataset or Destination event: reconcile the flows that use it when what they depend on changed, and
+        keep its usedBy and finalizer current."""
+        self.remember_indexes(kwargs)
+        namespace, name, body = kwargs["namespace"], kwargs["name"], kwargs["body"]
+        key = (kind, namespace, name)
+        users = self.users(kind, namespace, name)
+        if kwargs["type"] == "DELETED":
+            self.fingerprints.pop(key, None)
+        else:
+            fingerprint = _fingerprint(kind, body)
+            if self.fingerprints.get(key) == fingerprint or kwargs["type"] is None:
+                users_to_reconcile: list[str] = []  # at start-up every flow is reconciled by its own event
+            else:
+                users_to_reconcile = users
+            for flow in users_to_reconcile:
+                self.reconcile_flow((namespace, flow))
+            self.fingerprints[key] = fingerprint
+            self.keep_users(kind, body, users)
+            return
+        for flow in users:
+            self.reconcile_flow((namespace, flow))
+
+    def dataset_event(self, **kwargs: Any) -> None:
+        self.referenced_event("Dataset", kwargs)
+
+    def destination_event(self, **kwargs: Any) -> None:
+        key = (kwargs["namespace"], kwargs["name"])
+        if kwargs["type"] == "DELETED":
+            self.destination_bodies.pop(key, None)
+        else:
+            self.destination_bodies[key] = _plain(kwargs["body"])
+        self.referenced_event("Destination", kwargs)
+        if kwargs["type"] != "DELETED":
+            self.check_destination(kwargs["body"])
+
+    def check_destination(self, body: Mapping[str, Any]) -> None:
+        """Start a check Job when one is due (created, changed, check-now, or the interval passed)."""
+        self.post(body, self.destinations.destination(body, now=_now()).events)
+
+    def cron_job_event(self, **kwargs: Any) -> None:
+        """Someone else changed or deleted a flow's CronJob: put it back as rendered."""
+        flow = (kwargs["labels"] or {}).get(render.LABEL_EXPORT)
+        body, namespace = kwargs["body"], kwargs["namespace"]
+        if not flow or kwargs["type"] is None:
+            return
+        current = None if kwargs["type"] == "DELETED" else version(body)
+        if current is None or not self.kube.knows(body, namespace=namespace, version=current):
+            self.reconcile_flow((namespace, flow))
+
+    def clock(self) -> None:
+        """Every flow whose schedule's clock changed something, then every Destination whose check is due."""
+        now = _now()
+        for key in list(self.flows):
+            body = self.flows.get(key)
+            if body is not None and self.stale(body, now):
+                self.guarded(self.reconcile_flow, key)
+        for body in list(self.destination_bodies.values()):
+            self.guarded(self.check_destination, body)
+
+    def guarded(self, fn: Any, *args: Any) -> None:
+        """One object's failure is logged and retried at the next tick; it does not stop the others'."""
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("the clock's reconciliation failed; it is retried in %.0f s", TIMER_SECONDS)
+
+    @staticmethod
+    def stale(body: Mapping[str, Any], now: dt.datetime) -> bool:
+        """Whether time changed what the flow should look like: a window opened or closed, a slot passed
+        (nextExportTime), or its last reconciliation did not finish."""
         try:
             flow = api.DatasetExport.model_validate(dict(body))
         except ValidationError:
-            return
-        now = _now()
+            return False
         groups = render.schedule_groups(flow)
         status = body.get("status") or {}
         upcoming = desired.next_export(groups, now=now, suspended=flow.spec.suspend)
         expected = now_text(upcoming) if upcoming else None
         earlier = now - dt.timedelta(seconds=TIMER_SECONDS * 2)
         flipped = any(render.in_window(g.schedule, now) != render.in_window(g.schedule, earlier) for g in groups)
-        stale = status.get("observedGeneration") != body["metadata"].get("generation")
-        if flipped or stale or status.get("nextExportTime") != expected:
-            self.reconcile_flow(body, kwargs)
+        unobserved = status.get("observedGeneration") != body["metadata"].get("generation")
+        return flipped or unobserved or status.get("nextExportTime") != expected
 
-    def referenced_changed(self, kind: str, kwargs: Mapping[str, Any]) -> None:
-        """A Dataset or Destination event: reconcile the flows that use it, and keep its usedBy current."""
-        namespace, name, refs = kwargs["namespace"], kwargs["name"], kwargs["_flow_refs"]
-        if kwargs["type"] is None:  # the initial listing: every flow is resumed anyway
-            if refs.get((namespace, kind, name)):
-                self.used_by(kind=kind, namespace=namespace, name=name, refs=refs)
-            return
-        for flow in sorted(set(refs.get((namespace, kind, name)) or ())):
-            body = _one(kwargs["_flow_bodies"].get((namespace, flow)))
-            if body is not None:
-                self.reconcile_flow(body, kwargs)
-        if kwargs["type"] != "DELETED":
-            self.used_by(kind=kind, namespace=namespace, name=name, refs=refs)
+    def tick(self) -> None:
+        while not self.stopping.wait(TIMER_SECONDS):
+            if self.indexes:
+                self.clock()
 
-    def protect(self, **kwargs: Any) -> None:
-        """Deleting a Dataset or Destination that a flow uses waits (kopf keeps its finalizer) until no flow uses
-        it any more: the flows go on exporting meanwhile, and the user is told which flows to change."""
-        body = kwargs["body"]
-        namespace, name, kind = kwargs["namespace"], kwargs["name"], body["kind"]
-        users = sorted(set(kwargs["_flow_refs"].get((namespace, kind, name)) or ()))
-        if not users:
-            return
-        message = (
-            f"{kind} {name} is used by DatasetExport(s) {', '.join(users)}: its deletion completes once they no "
-            "longer reference it (edit or delete them)"
-        )
-        if kwargs.get("retry", 0) == 0:
-            self.post(body, [Event("Warning", "InUse", message)])
-        raise kopf.TemporaryError(message, delay=PROTECT_RETRY_SECONDS)
+    def start_clock(self, **_: Any) -> None:
+        self.stopping.clear()
+        threading.Thread(target=self.tick, name="dsexport-clock", daemon=True).start()
 
-    def dataset_event(self, **kwargs: Any) -> None:
-        self.referenced_changed("Dataset", kwargs)
-
-    def destination_event(self, **kwargs: Any) -> None:
-        self.referenced_changed("Destination", kwargs)
-        if kwargs["type"] != "DELETED":
-            self.check_destination(**kwargs)
-
-    def check_destination(self, **kwargs: Any) -> None:
-        """Start a check Job when one is due (created, changed, check-now, or the interval passed)."""
-        body = kwargs["body"]
-        self.post(body, self.destinations.destination(body, now=_now()).events)
+    def stop_clock(self, **_: Any) -> None:
+        self.stopping.set()
 
     def job_event(self, **kwargs: Any) -> None:
         body = kwargs["body"]
@@ -263,7 +385,7 @@ class _Handlers:
             return
         labels = body["metadata"].get("labels") or {}
         if labels.get("app.kubernetes.io/component") == checks.COMPONENT:
-            self.check_finished(body, kwargs["_flow_refs"])
+            self.check_finished(body)
             return
         outcome = self.reconciler.job(body, now=_now())
         if not outcome.events or outcome.status is None:
@@ -272,21 +394,23 @@ class _Handlers:
         name = str(labels.get(render.LABEL_EXPORT))
         ref = {"apiVersion": api.API_VERSION, "kind": "DatasetExport"}
         self.post({**ref, "metadata": {"name": name, "namespace": namespace, "uid": outcome.uid}}, outcome.events)
-        spec = _one(kwargs["_flow_bodies"].get((namespace, name)))
-        self.observe(spec or {"metadata": {"namespace": namespace, "name": name}}, outcome)
+        flow = self.flows.get((namespace, name))
+        self.observe(flow or {"metadata": {"namespace": namespace, "name": name}}, outcome)
         if outcome.seconds is not None:
             self.metrics.observe_run(namespace=namespace, export=name, seconds=outcome.seconds)
-        destination = ((spec or {}).get("spec") or {}).get("destinationRef", {}).get("name")
-        if outcome.destination_failure and destination:
+        if outcome.status.last_export is not None and outcome.status.last_export.result != "Succeeded":
+            # A failed run may have met a broken object (a ConfigMap deleted by hand): read them all again.
+            self.kube.forget(namespace=namespace, dataset_export=name)
+            self.reconcile_flow((namespace, name))
+        destination = ((flow or {}).get("spec") or {}).get("destinationRef", {}).get("name")
+        if outcome.destination_failure and destination:  # its flows mirror it when its status change arrives
             verdict = self.destinations.export_failed(
                 namespace=namespace, name=destination, message=outcome.destination_failure, now=_now()
             )
             if verdict is not None:
                 self.metrics.set_destination(namespace=namespace, name=destination, available=False)
-                refs = kwargs["_flow_refs"].get((namespace, "Destination", destination)) or ()
-                self.destinations.mirror(namespace=namespace, flows=sorted(set(refs)), verdict=verdict, now=_now())
 
-    def check_finished(self, job: Mapping[str, Any], refs: Any) -> None:
+    def check_finished(self, job: Mapping[str, Any]) -> None:
         outcome, verdict = self.destinations.check_finished(job, now=_now())
         if verdict is None:
             return
@@ -295,8 +419,6 @@ class _Handlers:
         ref = {"apiVersion": api.API_VERSION, "kind": "Destination"}
         self.post({**ref, "metadata": {"name": name, "namespace": namespace, "uid": outcome.uid}}, outcome.events)
         self.metrics.set_destination(namespace=namespace, name=name, available=verdict.available)
-        flows = sorted(set(refs.get((namespace, "Destination", name)) or ()))
-        self.destinations.mirror(namespace=namespace, flows=flows, verdict=verdict, now=_now())
 
 
 def build(options: Options) -> kopf.OperatorRegistry:
@@ -306,23 +428,18 @@ def build(options: Options) -> kopf.OperatorRegistry:
     h = _Handlers(
         kube, Reconciler(kube, options.settings), DestinationReconciler(kube, options.settings), options.metrics
     )
-    group, version, flows = api.GROUP, api.VERSION, "datasetexports"
+    group, version_, flows = api.GROUP, api.VERSION, "datasetexports"
     kopf.on.startup(registry=registry)(_configure)
+    kopf.on.startup(registry=registry)(h.start_clock)
+    kopf.on.cleanup(registry=registry)(h.stop_clock)
     kopf.on.login(registry=registry)(_login)
-    kopf.index(group, version, "datasets", registry=registry)(_dataset_bodies)
-    kopf.index(group, version, "destinations", registry=registry)(_destination_bodies)
-    kopf.index(group, version, flows, registry=registry)(_flow_refs)
-    kopf.index(group, version, flows, registry=registry)(_flow_bodies)
-    for on in (kopf.on.resume, kopf.on.create, kopf.on.update):
-        on(group, version, flows, registry=registry, backoff=RETRY_SECONDS)(h.flow_changed)
-    kopf.on.delete(group, version, flows, registry=registry, optional=True)(h.flow_deleted)
-    kopf.timer(group, version, flows, registry=registry, interval=TIMER_SECONDS, idle=TIMER_SECONDS)(h.clock)
-    kopf.on.event(group, version, "datasets", registry=registry)(h.dataset_event)
-    for plural in ("datasets", "destinations"):
-        kopf.on.delete(group, version, plural, registry=registry, id="protect")(h.protect)
-    kopf.on.event(group, version, "destinations", registry=registry)(h.destination_event)
-    kopf.timer(group, version, "destinations", registry=registry, interval=TIMER_SECONDS, idle=TIMER_SECONDS)(
-        h.check_destination
-    )
+    kopf.index(group, version_, "datasets", registry=registry)(_dataset_bodies)
+    kopf.index(group, version_, "destinations", registry=registry)(_destination_bodies)
+    kopf.index(group, version_, flows, registry=registry)(_flow_refs)
+    kopf.index("batch", "v1", "cronjobs", labels=MANAGED, registry=registry)(_cron_jobs)
+    kopf.on.event(group, version_, flows, registry=registry)(h.flow_event)
+    kopf.on.event(group, version_, "datasets", registry=registry)(h.dataset_event)
+    kopf.on.event(group, version_, "destinations", registry=registry)(h.destination_event)
+    kopf.on.event("batch", "v1", "cronjobs", labels=MANAGED, registry=registry)(h.cron_job_event)
     kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)(h.job_event)
     return registry

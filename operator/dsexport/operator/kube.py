@@ -1,16 +1,26 @@
 """The few API calls the operator makes, each one written so that an unchanged cluster causes no write.
 
-``ensure`` reads an object and writes (server-side apply, so fields the operator stopped setting are removed)
-only when something it renders differs from what is there; ``update_status`` writes a status only when it
-changed, conditional on the resourceVersion it read, and retries the whole read-modify-write on a conflict.
-kopf watches and schedules; this module talks to the API server with the official client.
+``ensure`` writes an object (server-side apply, so fields the operator stopped setting are removed) only when
+something it renders differs from what is there, and reads it only when it cannot tell: an object it applied or
+checked is remembered with its version and the digest of what was rendered, so a flow reconciled again with
+nothing changed costs no request at all. ``update_status`` writes a status only when it changed, conditional on
+the resourceVersion it read (or was given), and retries the whole read-modify-write on a conflict. kopf watches
+and schedules; this module talks to the API server with the official client.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import hashlib
+import json
 import logging
+import os
+import random
+import threading
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from kubernetes import client, config
@@ -18,12 +28,18 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 from pydantic import BaseModel
+from urllib3.exceptions import HTTPError
 
 from dsexport import api
 from dsexport.operator.render import LABEL_EXPORT
 
 FIELD_MANAGER: Final = "dsexport-operator"
 CONFLICT_RETRIES: Final = 8
+RESYNC_SECONDS: Final = 3600.0
+"""How long an object the operator does not watch is trusted to be as it was applied or read; after that the next
+reconciliation reads it again (so an edit or deletion by hand is repaired within about this long)."""
+UNWATCHED: Final = "unwatched"
+"""``ensure``'s ``seen`` when no watch reports the object's version (``None``: the watch knows it is absent)."""
 
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound=BaseModel)
@@ -55,6 +71,26 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
     return patch
 
 
+def digest(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+
+
+def version(obj: Mapping[str, Any]) -> str:
+    """What changes when someone else changes the object: its generation where it has one (a CronJob: not bumped
+    by status updates), else its resourceVersion."""
+    meta = obj.get("metadata") or {}
+    generation = meta.get("generation")
+    return f"g{generation}" if generation is not None else f"r{meta.get('resourceVersion')}"
+
+
+@dataclass(frozen=True)
+class _Known:
+    version: str
+    digest: str
+    until: float  # monotonic time after which an unwatched object is read again
+    owner: str | None  # the DatasetExport it was rendered for
+
+
 class Kube:
     """One connection to the API server, shared by all handlers (the client is thread-safe)."""
 
@@ -63,7 +99,10 @@ class Kube:
         self.dynamic = DynamicClient(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.batch = client.BatchV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
         self.writes = 0
+        self._known: dict[tuple[str, str, str], _Known] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None) -> Kube:
@@ -79,23 +118,58 @@ class Kube:
     def _resource(self, obj: Mapping[str, Any]) -> Any:
         return self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
 
-    def ensure(self, obj: Mapping[str, Any], *, namespace: str) -> bool:
-        """Make ``obj`` exist as rendered; True when that took a write."""
+    def ensure(self, obj: Mapping[str, Any], *, namespace: str, seen: str | None = UNWATCHED) -> bool:
+        """Make ``obj`` exist as rendered; True when that took a write.
+
+        ``seen``: the object's version as a watch last reported it, ``None`` when the watch knows it does not exist,
+        ``UNWATCHED`` when no watch covers it (then what was applied or read is trusted for ``RESYNC_SECONDS``).
+        """
+        key = (str(obj["kind"]), namespace, str(obj["metadata"]["name"]))
+        wanted = digest(obj)
+        with self._lock:
+            known = self._known.get(key)
+        if known is not None and known.digest == wanted:
+            if seen == UNWATCHED and time.monotonic() < known.until:
+                return False
+            if seen == known.version:
+                return False
+        existing: dict[str, Any] | None = None
         resource = self._resource(obj)
         name = obj["metadata"]["name"]
-        try:
-            existing = resource.get(name=name, namespace=namespace).to_dict()
-        except NotFoundError:
-            existing = None
+        if seen is not None or known is not None:  # else the watch says it is not there and this did not create it
+            try:
+                existing = resource.get(name=name, namespace=namespace).to_dict()
+            except NotFoundError:
+                existing = None
         if existing is not None and covers(existing, obj):
+            self._remember(key, existing, wanted)
             return False
         body = {**copy.deepcopy(dict(obj)), "metadata": {**obj["metadata"], "namespace": namespace}}
-        resource.server_side_apply(
+        applied = resource.server_side_apply(
             body=body, name=name, namespace=namespace, field_manager=FIELD_MANAGER, force_conflicts=True
-        )
+        ).to_dict()
         self.writes += 1
+        self._remember(key, applied, wanted)
         log.info("%s %s/%s", "updated" if existing else "created", obj["kind"], name)
         return True
+
+    def _remember(self, key: tuple[str, str, str], obj: Mapping[str, Any], wanted: str) -> None:
+        until = time.monotonic() + RESYNC_SECONDS * random.uniform(0.75, 1.0)  # noqa: S311 - spreads the reads
+        with self._lock:
+            owner = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_EXPORT)
+            self._known[key] = _Known(version(obj), wanted, until, owner)
+
+    def forget(self, *, namespace: str, dataset_export: str) -> None:
+        """Read a flow's objects again at their next ``ensure``: something (a failed run) says one may be broken."""
+        with self._lock:
+            for key in [k for k, v in self._known.items() if k[1] == namespace and v.owner == dataset_export]:
+                del self._known[key]
+
+    def knows(self, obj: Mapping[str, Any], *, namespace: str, version: str) -> bool:
+        """Whether ``obj`` at ``version`` is what this operator last applied or checked (its own write's event)."""
+        with self._lock:
+            known = self._known.get((str(obj["kind"]), namespace, str(obj["metadata"]["name"])))
+        return known is not None and known.version == version
 
     def owned_names(self, *, api_version: str, kind: str, namespace: str, dataset_export: str) -> list[str]:
         resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
@@ -112,9 +186,7 @@ class Kube:
 
     def terminations(self, *, namespace: str, job: str) -> dict[str, str]:
         """The termination message of each of ``job``'s pods that ended with one (pod name: message)."""
-        pods = client.CoreV1Api(self.api_client).list_namespaced_pod(
-            namespace, label_selector=f"batch.kubernetes.io/job-name={job}"
-        )
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job}")
         found: dict[str, str] = {}
         for pod in pods.items:
             for status in pod.status.container_statuses or []:
@@ -145,11 +217,12 @@ class Kube:
             raise
         return found
 
-    def patch_custom(self, *, plural: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(
+    def patch_custom(self, *, plural: str, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        patched: dict[str, Any] = self.custom.patch_namespaced_custom_object(
             api.GROUP, api.VERSION, namespace, plural, name, dict(patch), _content_type="application/merge-patch+json"
         )
         self.writes += 1
+        return patched
 
     def update_status(
         self,
@@ -159,14 +232,18 @@ class Kube:
         name: str,
         model: type[S],
         mutate: Callable[[S, dict[str, Any]], None],
+        current: Mapping[str, Any] | None = None,
     ) -> S | None:
         """Read the object, let ``mutate`` change its status model in place (it also sees the object), and write
         the status if it changed, conditional on the read's resourceVersion; repeat on a conflict.
 
-        Returns the status as written (or found unchanged); None when the object does not exist.
+        ``current``: the object as a watch event just delivered it, used instead of the first read (if it is
+        stale, the conditional write fails and the loop reads). Returns the status as written (or found
+        unchanged); None when the object does not exist.
         """
+        given = dict(current) if current and (current.get("metadata") or {}).get("resourceVersion") else None
         for _ in range(CONFLICT_RETRIES):
-            obj = self.get_custom(plural=plural, namespace=namespace, name=name)
+            obj, given = given or self.get_custom(plural=plural, namespace=namespace, name=name), None
             if obj is None:
                 return None
             raw = obj.get("status") or {}
@@ -193,3 +270,52 @@ class Kube:
             self.writes += 1
             return status
         raise RuntimeError(f"{plural}/{name}: the status kept changing under {CONFLICT_RETRIES} attempts to write it")
+
+    def set_finalizer(
+        self, obj: Mapping[str, Any], *, plural: str, finalizer: str, present: bool
+    ) -> dict[str, Any] | None:
+        """Add or remove ``finalizer`` on a dsexport.io object, conditional on the version given (a conflict or a
+        vanished object is left to the watch event that follows it); the object as written, None if unchanged."""
+        meta = obj["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if (finalizer in finalizers) == present:
+            return None
+        finalizers = [*finalizers, finalizer] if present else [f for f in finalizers if f != finalizer]
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
+        try:
+            return self.patch_custom(plural=plural, namespace=meta["namespace"], name=meta["name"], patch=patch)
+        except ApiException as e:
+            if e.status in (404, 409):
+                return None
+            raise
+
+    def post_event(self, involved: Mapping[str, Any], *, type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``involved`` (apiVersion, kind and metadata name, namespace, uid). An Event that
+        cannot be posted is logged: it must not fail the reconciliation it reports on."""
+        meta = involved["metadata"]
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": os.environ.get("DSEXPORT_POD_NAME") or os.uname().nodename,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except (ApiException, HTTPError) as e:
+            log.warning("could not post Event %s on %s %s: %s", reason, involved.get("kind"), meta["name"], e)
+            return
+        self.writes += 1

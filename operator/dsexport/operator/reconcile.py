@@ -23,7 +23,7 @@ from dsexport.engine import schedule as schedules
 from dsexport.errors import DestinationError
 from dsexport.operator import checks, render, results
 from dsexport.operator import desired as desired_state
-from dsexport.operator.kube import Kube
+from dsexport.operator.kube import UNWATCHED, Kube
 
 RUN_NOW: Final = "dsexport.io/run-now"
 RESET: Final = "dsexport.io/reset"
@@ -99,8 +99,10 @@ class Reconciler:
         destination: api.Destination | None,
         now: dt.datetime,
         availability: Mapping[str, Any] | None = None,
+        cron_jobs: Mapping[str, str] | None = None,
     ) -> Outcome:
-        """``availability``: the Destination's ``Available`` condition, which the flow mirrors."""
+        """``availability``: the Destination's ``Available`` condition, which the flow mirrors. ``cron_jobs``: the
+        flow's CronJobs as a watch sees them (name: version), so none is read or listed; None: list them."""
         meta = body["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         out = Outcome()
@@ -114,12 +116,16 @@ class Reconciler:
         plan = desired_state.desired(
             flow=flow, uid=uid, datasets=datasets, destination=destination, now=now, settings=self.settings
         )
+        if cron_jobs is None:
+            listed = self.kube.owned_names(
+                api_version="batch/v1", kind="CronJob", namespace=namespace, dataset_export=name
+            )
+            cron_jobs = dict.fromkeys(listed, UNWATCHED)
         for obj in plan.objects:
-            self.kube.ensure(obj, namespace=namespace)
+            seen = cron_jobs.get(obj["metadata"]["name"]) if obj["kind"] == "CronJob" else UNWATCHED
+            self.kube.ensure(obj, namespace=namespace, seen=seen)
         wanted = {c["metadata"]["name"] for _, c in plan.cron_jobs}
-        for stale in self.kube.owned_names(
-            api_version="batch/v1", kind="CronJob", namespace=namespace, dataset_export=name
-        ):
+        for stale in cron_jobs:
             if stale not in wanted:
                 self.kube.delete(api_version="batch/v1", kind="CronJob", name=stale, namespace=namespace)
         out.events += self._annotations(flow, uid=uid, plan=plan, at=_export_time(now, body.get("status") or {}))
@@ -241,7 +247,12 @@ class Reconciler:
                 mirror_condition(status, available=available, now=now)  # observedGeneration is set above
 
         return self.kube.update_status(
-            plural=PLURAL, namespace=meta["namespace"], name=meta["name"], model=DatasetExportStatus, mutate=mutate
+            plural=PLURAL,
+            namespace=meta["namespace"],
+            name=meta["name"],
+            model=DatasetExportStatus,
+            mutate=mutate,
+            current=body,
         )
 
     def job(self, job: Mapping[str, Any], *, now: dt.datetime) -> Outcome:
@@ -287,7 +298,8 @@ class Reconciler:
 
 
 class DestinationReconciler:
-    """Destination health: start check Jobs when due, record their verdicts, mirror them into the flows."""
+    """Destination health: start check Jobs when due and record their verdicts (the flows mirror the Available
+    condition when they are reconciled, which its change triggers)."""
 
     def __init__(self, kube: Kube, settings: desired_state.Settings) -> None:
         self.kube = kube
@@ -387,18 +399,6 @@ class DestinationReconciler:
             plural="destinations", namespace=namespace, name=name, model=DestinationStatus, mutate=mutate
         )
         return verdict if found is not None else None
-
-    def mirror(self, *, namespace: str, flows: list[str], verdict: checks.Verdict, now: dt.datetime) -> None:
-        """The verdict as each flow's DestinationAvailable condition."""
-        available = (verdict.available, verdict.reason, verdict.message)
-        for flow in flows:
-
-            def mutate(status: DatasetExportStatus, _: dict[str, Any]) -> None:
-                mirror_condition(status, available=available, now=now)
-
-            self.kube.update_status(
-                plural=PLURAL, namespace=namespace, name=flow, model=DatasetExportStatus, mutate=mutate
-            )
 
 
 def _duration(start: str | None, end: str | None) -> float | None:
