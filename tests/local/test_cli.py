@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 from examples import sample
 from tests.helpers import START, flow_yaml
 
-from dsexport.cli import main
+from dsexport.api import loader
+from dsexport.cli import local, main
 from dsexport.engine import RunResult
 
 
@@ -234,3 +237,17 @@ def test_dataset_option_runs_only_those_datasets(tmp_path: Path) -> None:
     assert code == 0 and [r["dataset"] for r in json.loads(out)["results"]] == ["events"]
     code, _, err = invoke("run", "-f", str(flow), "--at", "2026-12-01T10:00:00Z", "--dataset", "nope")
     assert code == 2 and "dataset 'nope' is not in flow" in err
+
+
+def test_a_pod_skips_a_dataset_that_left_the_flow_after_its_job_was_made(tmp_path: Path) -> None:
+    """A Job's ``--dataset`` args are fixed when it is made; the flow it reads may have lost that dataset since.
+    A pod then exports the others, and nothing at all (not every dataset) when none is left."""
+    src = tmp_path / "lake"
+    sample.write_files(src, files=1, rows_per_file=20, seed=1, start=START)
+    bundle = loader.load_files([flow_yaml(tmp_path, source=src, dest=tmp_path / "dest")])
+    at = dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)
+    with pytest.raises(loader.ManifestError, match="'gone' is not in flow"):
+        local.requests(bundle, datasets=["events", "gone"], at=at)
+    kept = local.requests(bundle, datasets=["events", "gone"], at=at, removed_ok=True)
+    assert [r.dataset.metadata.name for r in kept] == ["events"]
+    assert local.requests(bundle, datasets=["gone"], at=at, removed_ok=True) == []

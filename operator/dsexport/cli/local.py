@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterable
 
 from dsexport.api.loader import Bundle, ManifestError
 from dsexport.destinations import open_transport
 from dsexport.engine import DatasetResult, ExportRequest, Outcome, export_dataset
 from dsexport.errors import DsexportError
+
+log = logging.getLogger(__name__)
 
 
 def requests(
@@ -20,10 +23,13 @@ def requests(
     resets: Iterable[str] = (),
     reset_token: str | None = None,
     export_time: str | None = None,
+    removed_ok: bool = False,
 ) -> list[ExportRequest]:
     """One request per (DatasetExport, dataset entry); an entry's own schedule overrides the DatasetExport's.
 
-    ``datasets`` limits the run to those entries (a CronJob runs the datasets that share its schedule).
+    ``datasets`` limits the run to those entries (a CronJob runs the datasets that share its schedule). With
+    ``removed_ok`` (a pod, whose Job may have been made before a dataset left the flow it reads now) a dataset no
+    longer in the flow is skipped instead of refused; only the others run, and none if none is left.
     ``reset_token`` identifies the reset of the ``resets`` datasets, so that a retried reset is applied once;
     ``export_time`` (YYYYMMDDHHMM) is the exportTime folder of every dataset, instead of the slot of ``at``.
     """
@@ -35,7 +41,12 @@ def requests(
     listed = {e.name for n in names for e in bundle.dataset_exports[n].spec.datasets}
     if only - listed:
         missing = ", ".join(map(repr, sorted(only - listed)))
-        raise ManifestError(f"dataset {missing} is not in {'/'.join(names) or 'any DatasetExport'}")
+        if not removed_ok:
+            raise ManifestError(f"dataset {missing} is not in {'/'.join(names) or 'any DatasetExport'}")
+        log.warning("dataset %s left %s since this run was started: not exported", missing, "/".join(names))
+        only &= listed
+        if not only:
+            return []
     reset = set(resets)
     out = []
     for name in names:

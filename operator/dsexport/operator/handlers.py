@@ -25,7 +25,6 @@ import kopf
 from pydantic import ValidationError
 
 from dsexport import api
-from dsexport.api.status import DatasetStatus, DestinationStatus
 from dsexport.operator import checks, desired, render
 from dsexport.operator.kube import Kube, version
 from dsexport.operator.metrics import Metrics
@@ -126,7 +125,9 @@ def _cron_jobs(**kwargs: Any) -> dict[Any, Any]:
     return {(kwargs["namespace"], flow): (kwargs["name"], version(kwargs["body"]))} if flow else {}
 
 
-_USERS: Final = {"Dataset": ("datasets", DatasetStatus), "Destination": ("destinations", DestinationStatus)}
+_PLURAL: Final = {"Dataset": "datasets", "Destination": "destinations"}
+_INDEX: Final = {"Dataset": "_dataset_bodies", "Destination": "_destination_bodies"}
+USERS_DELAY_SECONDS: Final = 0.5
 
 
 def _fingerprint(kind: str, body: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -152,6 +153,10 @@ class _Handlers:
         self.destination_bodies: dict[tuple[str, str], dict[str, Any]] = {}
         self.fingerprints: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self.warned: set[tuple[str, str, str, str]] = set()  # (kind, namespace, name, deletionTimestamp)
+        self._dirty: set[tuple[str, str, str]] = set()  # Datasets and Destinations whose users to write
+        self._dirty_lock = threading.Lock()
+        self._dirty_set = threading.Event()
+        self._written: dict[tuple[str, str, str], dict[str, Any]] = {}  # what sync_users wrote, until delivered
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
         self.stopping = threading.Event()
@@ -208,52 +213,68 @@ class _Handlers:
         self.observe(body, outcome)
         return outcome
 
-    def keep_users(self, kind: str, body: Mapping[str, Any], users: list[str]) -> None:
-        """A Dataset's or Destination's ``usedBy`` and in-use finalizer, written only when they changed, and an
-        InUse Event when it is being deleted while flows use it."""
-        meta = body["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        plural, model = _USERS[kind]
-        deleting = meta.get("deletionTimestamp")
-        current: Mapping[str, Any] | None = body
-        if not (users and deleting):
-            current = self.kube.set_finalizer(body, plural=plural, finalizer=FINALIZER, present=bool(users)) or body
-        if deleting:
-            if users and (kind, namespace, name, deleting) not in self.warned:
-                self.warned.add((kind, namespace, name, deleting))
-                message = (
-                    f"{kind} {name} is used by DatasetExport(s) {', '.join(users)}: its deletion completes once they "
-                    "no longer reference it (edit or delete them)"
-                )
-                self.post(body, [Event("Warning", "InUse", message)])
-            if not users:
-                return  # the finalizer is gone: the object is about to be
-        status = body.get("status") or {}
-        if sorted(status.get("usedBy") or []) == users and status.get("observedGeneration") == meta.get("generation"):
-            return
-
-        def mutate(found: Any, obj: dict[str, Any]) -> None:
-            found.used_by = users
-            found.observed_generation = obj["metadata"].get("generation")
-
-        self.kube.update_status(
-            plural=plural, namespace=namespace, name=name, model=model, mutate=mutate, current=current
-        )
-
     def users(self, kind: str, namespace: str, name: str) -> list[str]:
         return sorted(set(self.indexes["_flow_refs"].get((namespace, kind, name)) or ()))
 
+    def mark_users(self, keys: Iterable[tuple[str, str, str]]) -> None:
+        """Have these Datasets' or Destinations' usedBy and finalizer brought up to date in a moment."""
+        with self._dirty_lock:
+            self._dirty.update(keys)
+        self._dirty_set.set()
+
     def refresh_users(self, namespace: str, specs: Iterable[Mapping[str, Any]]) -> None:
-        """After a flow changed or went: the usedBy of everything it references or referenced."""
-        names = {
-            "Dataset": {d.get("name") for s in specs for d in s.get("datasets") or []},
-            "Destination": {(s.get("destinationRef") or {}).get("name") for s in specs},
-        }
-        for kind, index in (("Dataset", "_dataset_bodies"), ("Destination", "_destination_bodies")):
-            for name in sorted(n for n in names[kind] if n):
-                found = _one(self.indexes[index].get((namespace, name)))
-                if found is not None:
-                    self.keep_users(kind, found.body, self.users(kind, namespace, name))
+        """After a flow changed or went: everything it references or referenced."""
+        keys = {("Dataset", namespace, d.get("name")) for s in specs for d in s.get("datasets") or []}
+        keys |= {("Destination", namespace, (s.get("destinationRef") or {}).get("name")) for s in specs}
+        self.mark_users(k for k in keys if k[2])
+
+    def flush_users(self) -> None:
+        """Write what is marked, a short while after the first mark: 1,000 flows created at once that use one
+        Destination cause a few writes of its usedBy, not 1,000."""
+        while not self.stopping.is_set():
+            self._dirty_set.wait()
+            if self.stopping.wait(USERS_DELAY_SECONDS):
+                return
+            with self._dirty_lock:
+                keys, self._dirty = sorted(self._dirty), set()
+                self._dirty_set.clear()
+            for key in keys:
+                self.guarded(self.sync_users, key)
+
+    def sync_users(self, key: tuple[str, str, str]) -> None:
+        """A Dataset's or Destination's in-use finalizer and ``usedBy``, each written only when it differs, both
+        from what its watch last delivered and from what this process wrote and has not seen delivered yet."""
+        kind, namespace, name = key
+        plural = _PLURAL[kind]
+        found = _one(self.indexes[_INDEX[kind]].get((namespace, name)))
+        if found is None:
+            self._written.pop(key, None)
+            return
+        body, users = found.body, self.users(kind, namespace, name)
+        meta, status = body["metadata"], body.get("status") or {}
+        deleting = meta.get("deletionTimestamp")
+        written = self._written.setdefault(key, {"uid": meta.get("uid")})
+        if written["uid"] != meta.get("uid"):  # another object of that name
+            written.clear()
+            written["uid"] = meta.get("uid")
+        if not (users and deleting):  # in use while deleted: the finalizer holds it
+            present = bool(users)
+            if (FINALIZER in (meta.get("finalizers") or [])) == present:
+                written.pop("finalizer", None)  # delivered
+            elif written.get("finalizer") != present:
+                self.kube.set_finalizer(body, plural=plural, finalizer=FINALIZER, present=present)
+                written["finalizer"] = present
+        if deleting and not users:
+            return  # the finalizer is gone: so is the object, in a moment
+        unused_and_untouched = not users and not status
+        if sorted(status.get("usedBy") or []) == users and (
+            unused_and_untouched or status.get("observedGeneration") == meta.get("generation")
+        ):
+            written.pop("usedBy", None)
+        elif written.get("usedBy") != (users, meta.get("generation")):
+            status = {"usedBy": users, "observedGeneration": meta.get("generation")}
+            self.kube.patch_status(plural=plural, namespace=namespace, name=name, status=status)
+            written["usedBy"] = (users, meta.get("generation"))
 
     def remember_indexes(self, kwargs: Mapping[str, Any]) -> None:
         if not self.indexes:
@@ -284,27 +305,32 @@ class _Handlers:
             self.refresh_users(key[0], [body.get("spec") or {}, old_spec])
 
     def referenced_event(self, kind: str, kwargs: Mapping[str, Any]) -> None:
-        """A Dataset or Destination event: reconcile the flows that use it when what they depend on changed, and
-        keep its usedBy and finalizer current."""
+        """A Dataset or Destination event: reconcile the flows that use it when what they depend on changed, keep
+        its usedBy and finalizer current, and say why its deletion waits while flows use it."""
         self.remember_indexes(kwargs)
         namespace, name, body = kwargs["namespace"], kwargs["name"], kwargs["body"]
         key = (kind, namespace, name)
         users = self.users(kind, namespace, name)
         if kwargs["type"] == "DELETED":
             self.fingerprints.pop(key, None)
-        else:
-            fingerprint = _fingerprint(kind, body)
-            if self.fingerprints.get(key) == fingerprint or kwargs["type"] is None:
-                users_to_reconcile: list[str] = []  # at start-up every flow is reconciled by its own event
-            else:
-                users_to_reconcile = users
-            for flow in users_to_reconcile:
+            self.warned = {w for w in self.warned if w[:3] != key}
+            for flow in users:
                 self.reconcile_flow((namespace, flow))
-            self.fingerprints[key] = fingerprint
-            self.keep_users(kind, body, users)
             return
-        for flow in users:
-            self.reconcile_flow((namespace, flow))
+        fingerprint = _fingerprint(kind, body)
+        if kwargs["type"] is not None and self.fingerprints.get(key) != fingerprint:  # at start-up: by their own
+            for flow in users:
+                self.reconcile_flow((namespace, flow))
+        self.fingerprints[key] = fingerprint
+        deleting = body["metadata"].get("deletionTimestamp")
+        if deleting and users and (*key, deleting) not in self.warned:
+            self.warned.add((*key, deleting))
+            message = (
+                f"{kind} {name} is used by DatasetExport(s) {', '.join(users)}: its deletion completes once they "
+                "no longer reference it (edit or delete them)"
+            )
+            self.post(body, [Event("Warning", "InUse", message)])
+        self.mark_users([key])
 
     def dataset_event(self, **kwargs: Any) -> None:
         self.referenced_event("Dataset", kwargs)
@@ -375,9 +401,11 @@ class _Handlers:
     def start_clock(self, **_: Any) -> None:
         self.stopping.clear()
         threading.Thread(target=self.tick, name="dsexport-clock", daemon=True).start()
+        threading.Thread(target=self.flush_users, name="dsexport-users", daemon=True).start()
 
     def stop_clock(self, **_: Any) -> None:
         self.stopping.set()
+        self._dirty_set.set()
 
     def job_event(self, **kwargs: Any) -> None:
         body = kwargs["body"]

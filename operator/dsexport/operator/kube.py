@@ -119,7 +119,7 @@ class Kube:
         return self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
 
     def ensure(self, obj: Mapping[str, Any], *, namespace: str, seen: str | None = UNWATCHED) -> bool:
-        """Make ``obj`` exist as rendered; True when that took a write.
+        """Make ``obj`` exist as rendered; True when that took a write request.
 
         ``seen``: the object's version as a watch last reported it, ``None`` when the watch knows it does not exist,
         ``UNWATCHED`` when no watch covers it (then what was applied or read is trusted for ``RESYNC_SECONDS``).
@@ -136,7 +136,10 @@ class Kube:
         existing: dict[str, Any] | None = None
         resource = self._resource(obj)
         name = obj["metadata"]["name"]
-        if seen is not None or known is not None:  # else the watch says it is not there and this did not create it
+        # Read only to verify what this process applied or read before (expired, or a watch saw another version);
+        # an object never seen, or rendered differently now, is applied at once: one request, not two, and an
+        # apply that changes nothing is not persisted.
+        if known is not None and known.digest == wanted:
             try:
                 existing = resource.get(name=name, namespace=namespace).to_dict()
             except NotFoundError:
@@ -150,7 +153,7 @@ class Kube:
         ).to_dict()
         self.writes += 1
         self._remember(key, applied, wanted)
-        log.info("%s %s/%s", "updated" if existing else "created", obj["kind"], name)
+        log.info("applied %s/%s", obj["kind"], name)
         return True
 
     def _remember(self, key: tuple[str, str, str], obj: Mapping[str, Any], wanted: str) -> None:
@@ -274,20 +277,48 @@ class Kube:
     def set_finalizer(
         self, obj: Mapping[str, Any], *, plural: str, finalizer: str, present: bool
     ) -> dict[str, Any] | None:
-        """Add or remove ``finalizer`` on a dsexport.io object, conditional on the version given (a conflict or a
-        vanished object is left to the watch event that follows it); the object as written, None if unchanged."""
-        meta = obj["metadata"]
-        finalizers = list(meta.get("finalizers") or [])
-        if (finalizer in finalizers) == present:
-            return None
-        finalizers = [*finalizers, finalizer] if present else [f for f in finalizers if f != finalizer]
-        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
-        try:
-            return self.patch_custom(plural=plural, namespace=meta["namespace"], name=meta["name"], patch=patch)
-        except ApiException as e:
-            if e.status in (404, 409):
+        """Add or remove ``finalizer`` on a dsexport.io object, conditional on its resourceVersion (other
+        controllers' finalizers are kept); a stale ``obj`` is read again. The object as written, None if there
+        was nothing to do (or it is gone)."""
+        for _ in range(CONFLICT_RETRIES):
+            meta = obj["metadata"]
+            finalizers = list(meta.get("finalizers") or [])
+            if (finalizer in finalizers) == present:
                 return None
+            finalizers = [*finalizers, finalizer] if present else [f for f in finalizers if f != finalizer]
+            patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
+            try:
+                return self.patch_custom(plural=plural, namespace=meta["namespace"], name=meta["name"], patch=patch)
+            except ApiException as e:
+                if e.status == 404:
+                    return None
+                if e.status != 409:
+                    raise
+            found = self.get_custom(plural=plural, namespace=meta["namespace"], name=meta["name"])
+            if found is None:
+                return None
+            obj = found
+        raise RuntimeError(f"{plural}/{obj['metadata']['name']}: its finalizers kept changing")
+
+    def patch_status(self, *, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        """Merge ``status`` into a dsexport.io object's status, unconditionally: for fields only this operator
+        writes. False when the object is gone."""
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                plural,
+                name,
+                {"status": dict(status)},
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return False
             raise
+        self.writes += 1
+        return True
 
     def post_event(self, involved: Mapping[str, Any], *, type_: str, reason: str, message: str) -> None:
         """A core/v1 Event about ``involved`` (apiVersion, kind and metadata name, namespace, uid). An Event that

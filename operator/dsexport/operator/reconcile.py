@@ -283,7 +283,8 @@ class Reconciler:
             _, found = results.results_of(status, finished.name)
             failures = [r for run in found for r in run.results if r.reason == DestinationError.reason]
             out.destination_failure = f"{failures[-1].dataset}: {failures[-1].message}" if failures else None
-            recorded[:] = [results.record_job(status, finished, now=now)]
+            in_spec = {d.get("name") for d in (obj.get("spec") or {}).get("datasets") or []}
+            recorded[:] = [results.record_job(status, finished, now=now, in_spec=in_spec)]
 
         out.status = self.kube.update_status(
             plural=PLURAL, namespace=job["metadata"]["namespace"], name=flow, model=DatasetExportStatus, mutate=mutate

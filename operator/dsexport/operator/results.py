@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -90,7 +90,9 @@ def _progress(status: DatasetExportStatus, name: str) -> DatasetProgress:
     return entry
 
 
-def record_job(status: DatasetExportStatus, job: FinishedJob, *, now: dt.datetime) -> bool:
+def record_job(
+    status: DatasetExportStatus, job: FinishedJob, *, now: dt.datetime, in_spec: Collection[str] | None = None
+) -> bool:
     """Fold ``job`` into ``status`` (in place); False when it was recorded before."""
     if job.name in status.recorded_jobs:
         return False
@@ -111,6 +113,8 @@ def record_job(status: DatasetExportStatus, job: FinishedJob, *, now: dt.datetim
     failed: list[str] = []
     export_time: str | None = None
     for name in job.datasets or tuple(final):
+        if in_spec is not None and name not in in_spec:
+            continue  # removed from the flow since the Job started: the status lists spec.datasets only
         entry = _progress(status, name)
         entry.runs += 1
         entry.last_run_time = end
