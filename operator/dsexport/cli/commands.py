@@ -157,6 +157,7 @@ def run(
             resets=resets,
             reset_token=reset_token,
             export_time=export_time,
+            removed_ok=report_status,
         )
     except loader.ManifestError as e:
         click.echo(f"error: {e}", err=True)
@@ -307,16 +308,42 @@ def schedule_cmd(files: tuple[str, ...], count: int, after: str | None, output: 
     metavar="HOST:PORT",
     help="Serves /metrics (Prometheus), /healthz (liveness) and /readyz (readiness).",
 )
+@click.option(
+    "--leader-election/--no-leader-election",
+    default=True,
+    show_default=True,
+    help="Act only while holding the Lease dsexport-operator, so that replicas never act twice (docs/operator.md).",
+)
+@click.option(
+    "--lease-namespace",
+    metavar="NAMESPACE",
+    help="Where the Lease lives. Default: the pod's namespace ($DSEXPORT_POD_NAMESPACE, else the service "
+    "account's), else default.",
+)
 def operator(
-    *, kubeconfig: str | None, namespaces: tuple[str, ...], image: str, image_pull_policy: str, metrics_address: str
+    *,
+    kubeconfig: str | None,
+    namespaces: tuple[str, ...],
+    image: str,
+    image_pull_policy: str,
+    metrics_address: str,
+    leader_election: bool,
+    lease_namespace: str | None,
 ) -> None:
     """Run the operator: reconcile Datasets, Destinations and DatasetExports into CronJobs until stopped."""
+    from dsexport.operator.leader import LeadershipLostError  # noqa: PLC0415 - loads the Kubernetes client
     from dsexport.operator.main import run as run_operator  # noqa: PLC0415 - kopf loads only for this command
 
-    run_operator(
-        kubeconfig=kubeconfig,
-        namespaces=namespaces,
-        image=image,
-        image_pull_policy=image_pull_policy,
-        metrics_address=metrics_address,
-    )
+    try:
+        run_operator(
+            kubeconfig=kubeconfig,
+            namespaces=namespaces,
+            image=image,
+            image_pull_policy=image_pull_policy,
+            metrics_address=metrics_address,
+            leader_election=leader_election,
+            lease_namespace=lease_namespace,
+        )
+    except LeadershipLostError as e:  # exit non-zero: Kubernetes restarts the container, which then stands by
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(EXIT_FAILED) from None
