@@ -86,9 +86,10 @@ def wait_recorded(api: client.ApiClient, *, timeout: float = 180) -> dict[str, A
 
 
 @contextmanager
-def operator(kubeconfig: Path, *, log: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def operator(kubeconfig: Path, *, log: Path, port: int, webhook_port: int) -> Iterator[subprocess.Popen[bytes]]:
     argv = [sys.executable, "-m", "dsexport.cli", "operator", "--kubeconfig", str(kubeconfig)]
     argv += ["--image", "dsexport:dev", "--image-pull-policy", "Never", "--metrics-address", f"127.0.0.1:{port}"]
+    argv += ["--webhook-address", f"127.0.0.1:{webhook_port}"]  # deleting a Dataset in use is refused
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -117,7 +118,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     kubectl(kubectl_bin, kubeconfig, "apply", "-f", "crds/")
     # The operator first: it removes its finalizers when an earlier demo's namespace is deleted below.
-    with operator(kubeconfig, log=OUT / "operator.log", port=18080):
+    with operator(kubeconfig, log=OUT / "operator.log", port=18080, webhook_port=18443):
         step("Sample data on the node: 20,000 experience events in demo-output/cluster/lake")
         _clean(api)
         prepare(lake=lake, exports=exports)

@@ -25,6 +25,7 @@ import pytest
 from botocore.config import Config
 from examples import demo_cluster, sample
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 from tests.cluster.cluster import Cluster
 from tests.helpers import START, assert_only_committed_files, committed, read_committed_ids
@@ -33,7 +34,7 @@ from tests.servers import SECRET_NAME, ProcessServer, Target, free_port, seaweed
 
 from dsexport.api import GROUP, VERSION
 from dsexport.operator import render
-from dsexport.operator.handlers import FINALIZER
+from dsexport.operator.handlers import FINALIZER, WEBHOOK_CONFIGURATION
 
 FLOWS = "datasetexports"
 LAKE_SECRET = "lake-creds"
@@ -73,6 +74,8 @@ def operator(
             "Never",
             "--metrics-address",
             f"127.0.0.1:{port}",
+            "--webhook-address",
+            f"127.0.0.1:{free_port()}",
         ],
         log=workdir / "operator.log",
         ready=lambda: _get(port, "/readyz")[0] == 200,
@@ -343,8 +346,31 @@ def test_deleting_the_flow_removes_what_it_created(
     selector = f"{render.LABEL_EXPORT}=daily"
     assert len(batch.list_namespaced_cron_job(namespace, label_selector=selector).items) == 1
     assert len(core.list_namespaced_config_map(namespace, label_selector=selector).items) == 1
-    # A Dataset in use is not deleted while the flow uses it: it waits, and an Event says why.
     custom = client.CustomObjectsApi(api)
+    # Deleting a Dataset in use is refused at admission, naming the flow (a dry run asks the webhook the same).
+    refusal: list[ApiException] = []
+
+    def refused() -> bool:
+        try:
+            custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "events", dry_run="All")
+        except ApiException as e:
+            refusal[:] = [e]
+            return True
+        return False
+
+    wait_until(refused, timeout=30, what="the webhook to refuse deleting the Dataset in use", interval=0.2)
+    [e] = refusal
+    assert e.status == 409 and "used by DatasetExport(s) daily" in str(e.body), e.body
+    with pytest.raises(ApiException, match="daily"):
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "events")
+    assert not custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "events")["metadata"].get(
+        "deletionTimestamp"
+    )
+    # Without the webhook (not installed, or not reachable), the finalizer holds the deletion while the flow uses
+    # the Dataset, and an Event says why.
+    admission = client.AdmissionregistrationV1Api(api)
+    admission.delete_validating_webhook_configuration(WEBHOOK_CONFIGURATION)
+    wait_until(lambda: not refused(), timeout=30, what="the API server to stop calling the webhook", interval=0.2)
 
     def protected() -> bool:
         dataset = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "events")

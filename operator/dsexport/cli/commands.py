@@ -73,6 +73,15 @@ def _check_reset_token(_ctx: click.Context, _param: click.Parameter, value: str 
     return value
 
 
+def _host_port(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r}: expected HOST:PORT")
+    return host or "0.0.0.0", int(port)  # noqa: S104 - the operator's choice to make, in its pod
+
+
 def _load(files: Sequence[str], secret_folders: Sequence[str] = ()) -> loader.Bundle:
     try:
         return loader.load_files(files, secret_folders=secret_folders)
@@ -320,6 +329,24 @@ def schedule_cmd(files: tuple[str, ...], count: int, after: str | None, output: 
     help="Where the Lease lives. Default: the pod's namespace ($DSEXPORT_POD_NAMESPACE, else the service "
     "account's), else default.",
 )
+@click.option(
+    "--webhook-address",
+    metavar="HOST:PORT",
+    callback=lambda _c, _p, v: _host_port(v),
+    help="Serve the validating admission webhook here: deleting a Dataset or Destination that a flow uses is "
+    "refused, naming the flows (off by default; the in-use finalizer holds such a deletion either way).",
+)
+@click.option(
+    "--webhook-host",
+    metavar="HOST",
+    help="The address or name by which the API server reaches --webhook-address (default: its host; 127.0.0.1 "
+    "for 0.0.0.0).",
+)
+@click.option(
+    "--webhook-service",
+    metavar="NAMESPACE/NAME[:PORT]",
+    help="In a cluster: the Service in front of the operator's pods that the API server calls (port default 443).",
+)
 def operator(
     *,
     kubeconfig: str | None,
@@ -329,10 +356,32 @@ def operator(
     metrics_address: str,
     leader_election: bool,
     lease_namespace: str | None,
+    webhook_address: tuple[str, int] | None = None,
+    webhook_host: str | None = None,
+    webhook_service: str | None = None,
 ) -> None:
     """Run the operator: reconcile Datasets, Destinations and DatasetExports into CronJobs until stopped."""
+    from dsexport.operator.handlers import Webhook  # noqa: PLC0415 - kopf loads only for this command
     from dsexport.operator.leader import LeadershipLostError  # noqa: PLC0415 - loads the Kubernetes client
     from dsexport.operator.main import run as run_operator  # noqa: PLC0415 - kopf loads only for this command
+
+    webhook = None
+    if webhook_address is not None:
+        service, service_port = None, 443
+        if webhook_service:
+            match = re.fullmatch(r"([a-z0-9-]+)/([a-z0-9-]+)(?::(\d+))?", webhook_service)
+            if match is None:
+                raise click.BadParameter("expected NAMESPACE/NAME[:PORT]", param_hint="--webhook-service")
+            service, service_port = (match[1], match[2]), int(match[3] or 443)
+        webhook = Webhook(
+            address=webhook_address[0],
+            port=webhook_address[1],
+            host=webhook_host,
+            service=service,
+            service_port=service_port,
+        )
+    elif webhook_host or webhook_service:
+        raise click.UsageError("--webhook-host and --webhook-service need --webhook-address")
 
     try:
         run_operator(
@@ -343,6 +392,7 @@ def operator(
             metrics_address=metrics_address,
             leader_election=leader_election,
             lease_namespace=lease_namespace,
+            webhook=webhook,
         )
     except LeadershipLostError as e:  # exit non-zero: Kubernetes restarts the container, which then stands by
         click.echo(f"error: {e}", err=True)

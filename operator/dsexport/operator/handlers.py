@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -25,7 +25,7 @@ import kopf
 from pydantic import ValidationError
 
 from dsexport import api
-from dsexport.operator import checks, desired, render
+from dsexport.operator import checks, desired, render, tls
 from dsexport.operator.kube import Kube, version
 from dsexport.operator.metrics import Metrics
 from dsexport.operator.reconcile import RESET, RUN_NOW, DestinationReconciler, Event, Outcome, Reconciler
@@ -41,10 +41,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """The validating admission webhook: where it listens, and how the API server reaches it: at ``host`` (an
+    address or name of this machine, e.g. next to ``make cluster``), or through a Service in front of the
+    operator's pods (in a cluster)."""
+
+    address: str = "0.0.0.0"  # noqa: S104 - a pod listens on its own address
+    port: int = 9443
+    host: str | None = None
+    service: tuple[str, str] | None = None  # namespace, name
+    service_port: int = 443
+
+
+@dataclass(frozen=True)
 class Options:
     kubeconfig: str | None = None
     settings: desired.Settings = field(default_factory=desired.Settings)
     metrics: Metrics = field(default_factory=Metrics)
+    webhook: Webhook | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,40 @@ def _configure(**kwargs: Any) -> None:
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10]
+
+
+WEBHOOK_CONFIGURATION: Final = "dsexport.io"
+"""The ValidatingWebhookConfiguration the operator keeps (kopf's managed mode: its webhooks are removed when the
+operator stops, so deletions are then held by the finalizer instead of failing)."""
+
+
+class _ServiceWebhookServer(kopf.WebhookServer):
+    """kopf's server, announced to the API server as a Service (kopf itself announces a URL)."""
+
+    def __init__(self, *, service: tuple[str, str], service_port: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.service, self.service_port = service, service_port
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        async for config in super().__call__(fn):
+            namespace, name = self.service
+            ref = {"namespace": namespace, "name": name, "port": self.service_port, "path": self.path or ""}
+            yield {"service": ref, "caBundle": config.get("caBundle")}
+
+
+def _webhook_server(webhook: Webhook) -> kopf.WebhookServer:
+    if webhook.service is not None:
+        namespace, name = webhook.service
+        names = [f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local", f"{name}.{namespace}"]
+    else:
+        names = [webhook.host or ("127.0.0.1" if webhook.address in ("0.0.0.0", "") else webhook.address)]  # noqa: S104
+    cert = tls.self_signed(names=names)
+    files = {"certfile": str(cert.cert_file), "pkeyfile": str(cert.key_file), "cadata": cert.pem}
+    if webhook.service is not None:
+        return _ServiceWebhookServer(
+            service=webhook.service, service_port=webhook.service_port, addr=webhook.address, port=webhook.port, **files
+        )
+    return kopf.WebhookServer(addr=webhook.address, port=webhook.port, host=names[0], **files)  # type: ignore[arg-type]
 
 
 def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -332,6 +380,18 @@ class _Handlers:
             self.post(body, [Event("Warning", "InUse", message)])
         self.mark_users([key])
 
+    def refuse_in_use(self, **kwargs: Any) -> None:
+        """Admission of a Dataset's or Destination's deletion: refused while a flow references it."""
+        body = kwargs["body"]
+        meta = body["metadata"]
+        users = sorted(set(kwargs["_flow_refs"].get((meta["namespace"], body["kind"], meta["name"])) or ()))
+        if users:
+            raise kopf.AdmissionError(
+                f"{body['kind']} {meta['name']} is used by DatasetExport(s) {', '.join(users)}: remove it from "
+                "their spec (or delete them) first",
+                code=409,
+            )
+
     def dataset_event(self, **kwargs: Any) -> None:
         self.referenced_event("Dataset", kwargs)
 
@@ -458,6 +518,25 @@ def build(options: Options) -> kopf.OperatorRegistry:
     )
     group, version_, flows = api.GROUP, api.VERSION, "datasetexports"
     kopf.on.startup(registry=registry)(_configure)
+    if options.webhook is not None:
+        webhook = options.webhook
+
+        def admission(**kwargs: Any) -> None:
+            settings: kopf.OperatorSettings = kwargs["settings"]
+            settings.admission.server = _webhook_server(webhook)
+            settings.admission.managed = WEBHOOK_CONFIGURATION
+
+        kopf.on.startup(registry=registry)(admission)
+        for plural in ("datasets", "destinations"):
+            kopf.on.validate(
+                group,
+                version_,
+                plural,
+                operations=["DELETE"],
+                ignore_failures=True,  # not reachable: the deletion goes on, held by the in-use finalizer
+                id=f"{plural[:-1]}-in-use",
+                registry=registry,
+            )(h.refuse_in_use)
     kopf.on.startup(registry=registry)(h.start_clock)
     kopf.on.cleanup(registry=registry)(h.stop_clock)
     kopf.on.login(registry=registry)(_login)

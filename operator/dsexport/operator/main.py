@@ -38,6 +38,7 @@ def run(
     metrics_address: str,
     leader_election: bool = True,
     lease_namespace: str | None = None,
+    webhook: handlers.Webhook | None = None,
 ) -> None:
     """Run until interrupted. The API connection comes from ``kubeconfig``, else the pod's service account, else
     the user's kubeconfig; kopf logs in the same way.
@@ -54,7 +55,9 @@ def run(
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig  # for kopf's login, which reads no option
     options = handlers.Options(
-        kubeconfig=kubeconfig, settings=desired.Settings(image=image, image_pull_policy=image_pull_policy)
+        kubeconfig=kubeconfig,
+        settings=desired.Settings(image=image, image_pull_policy=image_pull_policy),
+        webhook=webhook,
     )
     registry = handlers.build(options)
     elector = (
