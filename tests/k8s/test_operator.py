@@ -707,3 +707,41 @@ def test_a_flow_of_100_datasets_reaches_the_status_complete(
     [pod] = core.list_namespaced_pod(namespace, label_selector=f"{render.LABEL_EXPORT}=daily").items
     message = json.loads(pod.status.container_statuses[0].state.terminated.message)
     assert message["omitted"] > 0
+
+
+def test_a_missing_secret_fails_the_run_at_once_and_says_which(
+    api: client.ApiClient, namespace: str, store: Target, operator: ProcessServer, tmp_path: Path
+) -> None:
+    """The operator cannot read Secrets, so it cannot tell that one is missing; the pod can. It starts anyway (its
+    Secret volumes are optional: it is not held in ContainerCreating until the Job's deadline), says which Secret
+    is not there, and fails once the Job's retries (with backoff) are spent; once the Secret exists, the next run
+    exports."""
+    ids = _upload_lake(store, tmp_path, f"lake/{namespace}", files=1)
+    _manifests(api, namespace, store, schedule={"frequency": "daily", "time": "09:30", "startDate": "2026-11-01"})
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    core.delete_namespaced_secret(SECRET_NAME, namespace)  # the Destination's
+    _wait_flow(api, namespace, lambda f: _condition(f, "Ready").get("status") == "True", "Ready", operator)
+    _annotate(api, namespace, "dsexport.io/run-now", "without-secret")
+    flow = _wait_flow(
+        api, namespace, lambda f: (f.get("status") or {}).get("lastExport") is not None, "the run recorded", operator
+    )
+    last = flow["status"]["lastExport"]
+    assert last["result"] == "Failed" and f"Secret '{SECRET_NAME}' has no keys" in last["message"], last
+    failed = _condition(flow, "LastExportSucceeded")
+    assert failed["status"] == "False" and SECRET_NAME in failed["message"]
+    [job] = [j for j in batch.list_namespaced_job(namespace).items if j.metadata.name == last["job"]]
+    assert any(c.type == "Failed" and c.status == "True" for c in job.status.conditions or [])  # not stuck pending
+    events = core.list_namespaced_event(namespace).items
+    assert any(e.reason == "ExportFailed" and SECRET_NAME in e.message for e in events)
+    assert not committed(store.transport(), "events", f"exports/{namespace}")
+
+    core.create_namespaced_secret(namespace, {"metadata": {"name": SECRET_NAME}, "stringData": store.secret})
+    _annotate(api, namespace, "dsexport.io/run-now", "with-secret")
+    _wait_flow(
+        api,
+        namespace,
+        lambda f: (f.get("status") or {}).get("lastExport", {}).get("result") == "Succeeded",
+        "the run after the Secret was created to succeed",
+        operator,
+    )
+    assert sorted(read_committed_ids(store.transport(), "events", f"exports/{namespace}")) == sorted(ids)

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from examples import sample
 from tests.helpers import START, flow_yaml
 
+from dsexport import api
 from dsexport.api import loader
 from dsexport.cli import local, main
 from dsexport.engine import RunResult
@@ -251,3 +252,13 @@ def test_a_pod_skips_a_dataset_that_left_the_flow_after_its_job_was_made(tmp_pat
     kept = local.requests(bundle, datasets=["events", "gone"], at=at, removed_ok=True)
     assert [r.dataset.metadata.name for r in kept] == ["events"]
     assert local.requests(bundle, datasets=["gone"], at=at, removed_ok=True) == []
+
+
+def test_a_referenced_secret_without_keys_is_named_as_missing(tmp_path: Path) -> None:
+    """In a pod, a Secret that does not exist is an empty folder (its volume is optional): the error names it."""
+    src = tmp_path / "lake"
+    sample.write_files(src, files=1, rows_per_file=20, seed=1, start=START)
+    bundle = loader.load_files([flow_yaml(tmp_path, source=src, dest=tmp_path / "dest")])
+    bundle.secrets["lake-creds"] = {}
+    with pytest.raises(loader.ManifestError, match="Secret 'lake-creds' has no keys: it does not exist"):
+        bundle.secret(api.ObjectRef(name="lake-creds"))

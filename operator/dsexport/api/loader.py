@@ -35,6 +35,11 @@ class Bundle:
             return {}
         if ref.name not in self.secrets:
             raise ManifestError(f"Secret {ref.name!r} is referenced but not defined in the given files")
+        if not self.secrets[ref.name]:  # in a pod: the (optional) volume of a Secret that does not exist
+            raise ManifestError(
+                f"Secret {ref.name!r} has no keys: it does not exist (yet) in the namespace, or is empty; create it "
+                "with the keys the reference needs (the next run uses it)"
+            )
         return self.secrets[ref.name]
 
 

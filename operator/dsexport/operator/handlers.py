@@ -93,8 +93,19 @@ def _parsed(model: type[api.Dataset] | type[api.Destination], body: Mapping[str,
         return None
 
 
+_UNUSED_ANNOTATIONS: Final = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in body}
+    """What the operator keeps of an object in memory, for every flow, Dataset and Destination: not its
+    managedFields nor kubectl's copy of the whole object (most of a small object's size)."""
+    plain = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in body}
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    annotations = meta.get("annotations") or {}
+    if any(a in annotations for a in _UNUSED_ANNOTATIONS):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in _UNUSED_ANNOTATIONS}
+    plain["metadata"] = meta
+    return plain
 
 
 def _configure(**kwargs: Any) -> None:

@@ -44,7 +44,10 @@ def exporter_pod_template(
     its DatasetExport (``--report-status``).
     """
     secret_volumes = [
-        {"name": f"secret-{i}", "secret": {"secretName": name, "defaultMode": 0o400}} for i, name in enumerate(secrets)
+        # optional: a Secret not there (yet) must not hold the pod in ContainerCreating, unseen by the operator
+        # (which cannot read Secrets) until the Job's deadline; the exporter fails at once and says which one.
+        {"name": f"secret-{i}", "secret": {"secretName": name, "defaultMode": 0o400, "optional": True}}
+        for i, name in enumerate(secrets)
     ]
     secret_mounts = [
         {"name": f"secret-{i}", "mountPath": f"{SECRETS_MOUNT}/{name}", "readOnly": True}
