@@ -348,6 +348,8 @@ class _Handlers:
         old_spec = (before or {}).get("spec") or {}
         if kwargs["type"] == "DELETED":
             self.flows.pop(key, None)
+            with self._guard:
+                self._locks.pop(key, None)
             self.metrics.forget_flow(namespace=key[0], name=key[1])
             self.refresh_users(key[0], [old_spec, body.get("spec") or {}])
             return

@@ -174,11 +174,6 @@ class Kube:
             known = self._known.get((str(obj["kind"]), namespace, str(obj["metadata"]["name"])))
         return known is not None and known.version == version
 
-    def owned_names(self, *, api_version: str, kind: str, namespace: str, dataset_export: str) -> list[str]:
-        resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
-        found = resource.get(namespace=namespace, label_selector=f"{LABEL_EXPORT}={dataset_export}")
-        return [item["metadata"]["name"] for item in found.to_dict().get("items", [])]
-
     def delete(self, *, api_version: str, kind: str, name: str, namespace: str) -> None:
         resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
         try:

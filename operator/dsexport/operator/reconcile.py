@@ -99,12 +99,12 @@ class Reconciler:
         destination: api.Destination | None,
         now: dt.datetime,
         availability: Mapping[str, Any] | None = None,
-        cron_jobs: Mapping[str, str] | None = None,
+        cron_jobs: Mapping[str, str],
     ) -> Outcome:
         """``availability``: the Destination's ``Available`` condition, which the flow mirrors. ``cron_jobs``: the
-        flow's CronJobs as a watch sees them (name: version), so none is read or listed; None: list them."""
+        flow's CronJobs as a watch sees them (name: version), so none is read or listed."""
         meta = body["metadata"]
-        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        namespace, uid = meta["namespace"], meta["uid"]
         out = Outcome()
         try:
             flow = api.DatasetExport.model_validate(body)
@@ -116,11 +116,6 @@ class Reconciler:
         plan = desired_state.desired(
             flow=flow, uid=uid, datasets=datasets, destination=destination, now=now, settings=self.settings
         )
-        if cron_jobs is None:
-            listed = self.kube.owned_names(
-                api_version="batch/v1", kind="CronJob", namespace=namespace, dataset_export=name
-            )
-            cron_jobs = dict.fromkeys(listed, UNWATCHED)
         for obj in plan.objects:
             seen = cron_jobs.get(obj["metadata"]["name"]) if obj["kind"] == "CronJob" else UNWATCHED
             self.kube.ensure(obj, namespace=namespace, seen=seen)
