@@ -210,7 +210,8 @@ class _Handlers:
         self.indexes: dict[str, Any] = {}  # kopf's live indexes, for the clock thread
         self.flows: dict[tuple[str, str], dict[str, Any]] = {}  # the latest body of every flow
         self.destination_bodies: dict[tuple[str, str], dict[str, Any]] = {}
-        self.fingerprints: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        # What each flow's last reconciliation saw of its Datasets and Destination (None: missing)
+        self.inputs: dict[tuple[str, str], dict[tuple[str, str], tuple[Any, ...] | None]] = {}
         self.warned: set[tuple[str, str, str, str]] = set()  # (kind, namespace, name, deletionTimestamp)
         self._dirty: set[tuple[str, str, str]] = set()  # Datasets and Destinations whose users to write
         self._dirty_lock = threading.Lock()
@@ -252,12 +253,15 @@ class _Handlers:
             namespace = key[0]
             spec = body.get("spec") or {}
             datasets = {}
+            inputs: dict[tuple[str, str], tuple[Any, ...] | None] = {}
             for entry in spec.get("datasets") or []:
                 found = _one(self.indexes["_dataset_bodies"].get((namespace, entry.get("name"))))
+                inputs["Dataset", entry.get("name")] = _fingerprint("Dataset", found.body) if found else None
                 if found is not None and found.model is not None:
                     datasets[entry["name"]] = found.model
             ref = (spec.get("destinationRef") or {}).get("name")
             found = _one(self.indexes["_destination_bodies"].get((namespace, ref)))
+            inputs["Destination", str(ref)] = _fingerprint("Destination", found.body) if found else None
             destination, available = (found.model, found.available) if found is not None else (None, None)
             cron_jobs = dict(self.indexes["_cron_jobs"].get(key) or ())
             outcome = self.reconciler.flow(
@@ -268,6 +272,7 @@ class _Handlers:
                 now=_now(),
                 cron_jobs=cron_jobs,
             )
+            self.inputs[key] = inputs
         self.post(body, outcome.events)
         self.observe(body, outcome)
         return outcome
@@ -348,6 +353,7 @@ class _Handlers:
         old_spec = (before or {}).get("spec") or {}
         if kwargs["type"] == "DELETED":
             self.flows.pop(key, None)
+            self.inputs.pop(key, None)
             with self._guard:
                 self._locks.pop(key, None)
             self.metrics.forget_flow(namespace=key[0], name=key[1])
@@ -372,17 +378,14 @@ class _Handlers:
         namespace, name, body = kwargs["namespace"], kwargs["name"], kwargs["body"]
         key = (kind, namespace, name)
         users = self.users(kind, namespace, name)
+        fingerprint = None if kwargs["type"] == "DELETED" else _fingerprint(kind, body)
+        if kwargs["type"] is not None:  # at start-up, every flow is reconciled by its own event
+            for flow in users:  # those whose last reconciliation saw it otherwise (or not at all)
+                if self.inputs.get((namespace, flow), {}).get((kind, name), ()) != fingerprint:
+                    self.reconcile_flow((namespace, flow))
         if kwargs["type"] == "DELETED":
-            self.fingerprints.pop(key, None)
             self.warned = {w for w in self.warned if w[:3] != key}
-            for flow in users:
-                self.reconcile_flow((namespace, flow))
             return
-        fingerprint = _fingerprint(kind, body)
-        if kwargs["type"] is not None and self.fingerprints.get(key) != fingerprint:  # at start-up: by their own
-            for flow in users:
-                self.reconcile_flow((namespace, flow))
-        self.fingerprints[key] = fingerprint
         deleting = body["metadata"].get("deletionTimestamp")
         if deleting and users and (*key, deleting) not in self.warned:
             self.warned.add((*key, deleting))
