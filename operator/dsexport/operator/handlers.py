@@ -436,7 +436,8 @@ class _Handlers:
             self.reconcile_flow((namespace, flow))
 
     def clock(self) -> None:
-        """Every flow whose schedule's clock changed something, then every Destination whose check is due."""
+        """Every flow whose schedule's clock changed something, every Destination whose check is due, and every
+        usedBy and in-use finalizer checked again (no request when they are as they should be)."""
         now = _now()
         for key in list(self.flows):
             body = self.flows.get(key)
@@ -444,6 +445,8 @@ class _Handlers:
                 self.guarded(self.reconcile_flow, key)
         for body in list(self.destination_bodies.values()):
             self.guarded(self.check_destination, body)
+        for (namespace, _), body in list(self.flows.items()):  # a usedBy or finalizer write that failed: again
+            self.refresh_users(namespace, [body.get("spec") or {}])
 
     def guarded(self, fn: Any, *args: Any) -> None:
         """One object's failure is logged and retried at the next tick; it does not stop the others'."""
