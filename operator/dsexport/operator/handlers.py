@@ -354,6 +354,7 @@ class _Handlers:
         if kwargs["type"] == "DELETED":
             self.flows.pop(key, None)
             self.inputs.pop(key, None)
+            self.kube.forget(namespace=key[0], dataset_export=key[1])
             with self._guard:
                 self._locks.pop(key, None)
             self.metrics.forget_flow(namespace=key[0], name=key[1])
