@@ -66,6 +66,7 @@ from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 from tests.cluster.control_plane import ControlPlane, binaries
 from tests.servers import ProcessServer, ServerError, free_port, log_tail, wait_until
+from tests.servers.operator import operator_argv
 
 from bench import report
 from dsexport.api import GROUP, VERSION
@@ -402,20 +403,7 @@ def operator_server(workdir: Path, kubeconfig: Path, log: Path) -> ProcessServer
     port = free_port()
     return ProcessServer(
         name="dsexport-operator",
-        argv=[
-            sys.executable,
-            "-m",
-            "dsexport.cli",
-            "operator",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--image",
-            "dsexport:dev",
-            "--image-pull-policy",
-            "Never",
-            "--metrics-address",
-            f"127.0.0.1:{port}",
-        ],
+        argv=operator_argv(kubeconfig=kubeconfig, image="dsexport:dev", metrics_port=port),
         log=log,
         ready=lambda: _get(port, "/readyz") == 200,
         cwd=workdir,

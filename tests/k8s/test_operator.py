@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import os
 import signal
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from tests.cluster.cluster import Cluster
 from tests.helpers import START, assert_only_committed_files, committed, read_committed_ids
 from tests.k8s.conftest import create_namespace
 from tests.servers import SECRET_NAME, ProcessServer, Target, free_port, seaweed, wait_until
+from tests.servers.operator import operator_argv
 
 from dsexport.api import GROUP, VERSION
 from dsexport.operator import render
@@ -61,22 +61,12 @@ def operator(
     workdir = tmp_path_factory.mktemp("operator")
     server = ProcessServer(
         name="dsexport-operator",
-        argv=[
-            sys.executable,
-            "-m",
-            "dsexport.cli",
-            "operator",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--image",
-            cluster.node.image,
-            "--image-pull-policy",
-            "Never",
-            "--metrics-address",
-            f"127.0.0.1:{port}",
-            "--webhook-address",
-            f"127.0.0.1:{free_port()}",
-        ],
+        argv=operator_argv(
+            kubeconfig=kubeconfig,
+            image=cluster.node.image,
+            metrics_port=port,
+            more=("--webhook-address", f"127.0.0.1:{free_port()}"),
+        ),
         log=workdir / "operator.log",
         ready=lambda: _get(port, "/readyz")[0] == 200,
         cwd=workdir,

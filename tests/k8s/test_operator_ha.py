@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.cluster.cluster import Cluster
 from tests.k8s import test_operator as single
 from tests.k8s.conftest import create_namespace
 from tests.servers import ProcessServer, Target, free_port, wait_until
+from tests.servers.operator import operator_argv
 
 from dsexport.api import GROUP, VERSION
 from dsexport.operator import leader, main, render
@@ -51,24 +51,12 @@ class Replica:
         self.port = free_port()
         self.server = ProcessServer(
             name=f"dsexport-operator {pod}",
-            argv=[
-                sys.executable,
-                "-m",
-                "dsexport.cli",
-                "operator",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--namespace",
-                namespace,
-                "--lease-namespace",
-                namespace,
-                "--image",
-                cluster.node.image,
-                "--image-pull-policy",
-                "Never",
-                "--metrics-address",
-                f"127.0.0.1:{self.port}",
-            ],
+            argv=operator_argv(
+                kubeconfig=kubeconfig,
+                image=cluster.node.image,
+                metrics_port=self.port,
+                more=("--namespace", namespace, "--lease-namespace", namespace),
+            ),
             log=workdir / f"{pod}.log",
             ready=self.alive,  # a standby never gets ready: started means serving /healthz
             env={leader.POD_NAME_ENV: pod},
