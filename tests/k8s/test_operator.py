@@ -611,6 +611,26 @@ def test_suspend_suspends_the_cronjobs_and_says_so(
     assert cron.spec.schedule == "0 0,3,6,9,12,15,18,21 * * *"
 
 
+def test_a_cron_job_deleted_or_edited_by_hand_is_put_back(
+    api: client.ApiClient, namespace: str, store: Target, operator: ProcessServer
+) -> None:
+    """CronJobs are watched: the operator repairs one that someone else changed, without waiting for a resync."""
+    _manifests(api, namespace, store, schedule={"frequency": "hourly", "interval": 3, "startDate": "2026-11-01"})
+    _wait_flow(api, namespace, lambda f: _condition(f, "Ready").get("reason") == "Scheduled", "Scheduled", operator)
+    batch = client.BatchV1Api(api)
+    [cron] = batch.list_namespaced_cron_job(namespace).items
+    name, schedule = cron.metadata.name, cron.spec.schedule
+    batch.patch_namespaced_cron_job(name, namespace, {"spec": {"schedule": "*/5 * * * *"}})
+
+    def schedule_is(expected: str) -> bool:
+        found = batch.list_namespaced_cron_job(namespace).items
+        return [(c.metadata.name, c.spec.schedule) for c in found] == [(name, expected)]
+
+    wait_until(lambda: schedule_is(schedule), timeout=30, what="the edited CronJob put back", interval=0.2)
+    batch.delete_namespaced_cron_job(name, namespace)
+    wait_until(lambda: schedule_is(schedule), timeout=30, what="the deleted CronJob created again", interval=0.2)
+
+
 @pytest.mark.timeout(600)
 def test_a_flow_of_100_datasets_reaches_the_status_complete(
     api: client.ApiClient, namespace: str, store: Target, operator: ProcessServer, tmp_path: Path
