@@ -508,7 +508,7 @@ def test_destination_checks_set_available_and_the_flows_mirror_it(
     flow = _wait_flow(
         api,
         namespace,
-        lambda f: _condition(f, "DestinationAvailable").get("status") == "False",
+        lambda f: _condition(f, "DestinationAvailable").get("reason") == "CheckFailed",
         "the flow to mirror the failed check",
         operator,
     )
