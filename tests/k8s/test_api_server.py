@@ -3,6 +3,7 @@ and owner references are garbage-collected by the real controller."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import subprocess
 import uuid
@@ -16,7 +17,11 @@ from tests.cluster.control_plane import ControlPlane
 from tests.crd_cases import INVALID, VALID
 from tests.servers import wait_until
 
+from dsexport import api as models
 from dsexport.api import KINDS, Resource
+from dsexport.operator.desired import Settings
+from dsexport.operator.kube import Kube
+from dsexport.operator.reconcile import Reconciler
 
 GROUP, VERSION = "dsexport.io", "v1alpha1"
 
@@ -108,3 +113,42 @@ def test_kubectl_of_the_same_release_talks_to_it(control_plane: ControlPlane) ->
         check=True,
     )
     assert out.stdout.strip() == "ok"
+
+
+def test_a_cron_job_the_watch_has_not_reported_yet_is_still_deleted_when_its_dataset_goes(
+    api: client.ApiClient, crds: list[str], namespace: str
+) -> None:
+    """The race CI once lost: the flow's CronJob is created, its Dataset is deleted before the CronJob watch
+    reports the new CronJob, and the next reconciliation (with an empty CronJob index) must still remove it."""
+    custom = client.CustomObjectsApi(api)
+    spec = {"destinationRef": {"name": "store"}, "datasets": [{"name": "events"}], "schedule": {"frequency": "daily"}}
+    flow = custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "datasetexports",
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DatasetExport", "metadata": {"name": "daily"}, "spec": spec},
+    )
+    dataset = models.Dataset.model_validate(
+        {"metadata": {"name": "events", "namespace": namespace}, "spec": {"source": {"uri": "file:///lake"}}}
+    )
+    destination = models.Destination.model_validate(
+        {
+            "metadata": {"name": "store", "namespace": namespace},
+            "spec": {
+                "type": "filesystem",
+                "folder": "exports",
+                "filesystem": {"path": "/exports", "claimName": "exports"},
+            },
+        }
+    )
+    reconciler = Reconciler(Kube(api), Settings())
+    now = dt.datetime.now(dt.UTC)
+    batch = client.BatchV1Api(api)
+
+    reconciler.flow(flow, datasets={"events": dataset}, destination=destination, now=now, cron_jobs={})
+    assert len(batch.list_namespaced_cron_job(namespace).items) == 1
+    outcome = reconciler.flow(flow, datasets={}, destination=destination, now=now, cron_jobs={})
+    assert outcome.status is not None
+    assert [c.reason for c in outcome.status.conditions if c.type == "Ready"] == ["DatasetNotFound"]
+    assert batch.list_namespaced_cron_job(namespace).items == []

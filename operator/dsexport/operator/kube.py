@@ -174,7 +174,14 @@ class Kube:
             known = self._known.get((str(obj["kind"]), namespace, str(obj["metadata"]["name"])))
         return known is not None and known.version == version
 
+    def applied(self, *, kind: str, namespace: str, dataset_export: str) -> set[str]:
+        """The names of ``kind`` this process applied for a flow: a watch may not have reported them yet."""
+        with self._lock:
+            return {k[2] for k, v in self._known.items() if k[:2] == (kind, namespace) and v.owner == dataset_export}
+
     def delete(self, *, api_version: str, kind: str, name: str, namespace: str) -> None:
+        with self._lock:
+            self._known.pop((kind, namespace, name), None)
         resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
         try:
             resource.delete(name=name, namespace=namespace, body={"propagationPolicy": "Background"})

@@ -120,7 +120,9 @@ class Reconciler:
             seen = cron_jobs.get(obj["metadata"]["name"]) if obj["kind"] == "CronJob" else UNWATCHED
             self.kube.ensure(obj, namespace=namespace, seen=seen)
         wanted = {c["metadata"]["name"] for _, c in plan.cron_jobs}
-        for stale in cron_jobs:
+        # The watch may not have reported a CronJob this process created moments ago: those count too.
+        ours = set(cron_jobs) | self.kube.applied(kind="CronJob", namespace=namespace, dataset_export=meta["name"])
+        for stale in sorted(ours):
             if stale not in wanted:
                 self.kube.delete(api_version="batch/v1", kind="CronJob", name=stale, namespace=namespace)
         out.events += self._annotations(flow, uid=uid, plan=plan, at=_export_time(now, body.get("status") or {}))
