@@ -102,6 +102,7 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.writes = 0
         self._known: dict[tuple[str, str, str], _Known] = {}
+        self._owned: dict[tuple[str, str | None], set[tuple[str, str, str]]] = {}  # (namespace, flow): keys
         self._lock = threading.Lock()
 
     @classmethod
@@ -161,12 +162,13 @@ class Kube:
         with self._lock:
             owner = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_EXPORT)
             self._known[key] = _Known(version(obj), wanted, until, owner)
+            self._owned.setdefault((key[1], owner), set()).add(key)
 
     def forget(self, *, namespace: str, dataset_export: str) -> None:
         """Read a flow's objects again at their next ``ensure``: something (a failed run) says one may be broken."""
         with self._lock:
-            for key in [k for k, v in self._known.items() if k[1] == namespace and v.owner == dataset_export]:
-                del self._known[key]
+            for key in self._owned.pop((namespace, dataset_export), set()):
+                self._known.pop(key, None)
 
     def knows(self, obj: Mapping[str, Any], *, namespace: str, version: str) -> bool:
         """Whether ``obj`` at ``version`` is what this operator last applied or checked (its own write's event)."""
@@ -177,11 +179,13 @@ class Kube:
     def applied(self, *, kind: str, namespace: str, dataset_export: str) -> set[str]:
         """The names of ``kind`` this process applied for a flow: a watch may not have reported them yet."""
         with self._lock:
-            return {k[2] for k, v in self._known.items() if k[:2] == (kind, namespace) and v.owner == dataset_export}
+            return {k[2] for k in self._owned.get((namespace, dataset_export), ()) if k[0] == kind}
 
     def delete(self, *, api_version: str, kind: str, name: str, namespace: str) -> None:
         with self._lock:
-            self._known.pop((kind, namespace, name), None)
+            known = self._known.pop((kind, namespace, name), None)
+            if known is not None:
+                self._owned.get((namespace, known.owner), set()).discard((kind, namespace, name))
         resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
         try:
             resource.delete(name=name, namespace=namespace, body={"propagationPolicy": "Background"})
