@@ -154,3 +154,14 @@ def test_a_run_now_goes_after_the_newest_export_the_status_knows() -> None:
     status = {"datasets": [{"lastExportTime": "202612011200"}, {"lastExportTime": "202611300930"}]}
     assert reconcile._export_time(NOW, status) == "202612011201"
     assert reconcile._export_time(NOW, {"datasets": [{"lastExportTime": "garbage"}]}) == "202612011200"
+
+
+def test_object_paths_of_the_owned_kinds() -> None:
+    def path(api_version: str, kind: str) -> str:
+        return kube.object_path(api_version=api_version, kind=kind, namespace="ns", name="x")
+
+    assert path("v1", "ConfigMap") == "/api/v1/namespaces/ns/configmaps/x"
+    assert path("v1", "ServiceAccount") == "/api/v1/namespaces/ns/serviceaccounts/x"
+    assert path("rbac.authorization.k8s.io/v1", "Role") == "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles/x"
+    assert path("rbac.authorization.k8s.io/v1", "RoleBinding").endswith("/ns/rolebindings/x")
+    assert path("batch/v1", "CronJob") == "/apis/batch/v1/namespaces/ns/cronjobs/x"

@@ -25,8 +25,6 @@ from typing import Any, Final, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
 from pydantic import BaseModel
 from urllib3.exceptions import HTTPError
 
@@ -71,6 +69,13 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
     return patch
 
 
+def object_path(*, api_version: str, kind: str, namespace: str, name: str) -> str:
+    """The REST path of a namespaced object of the kinds the operator owns (ConfigMap, ServiceAccount, Role,
+    RoleBinding, CronJob: each one's plural is its lower-cased kind plus s)."""
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{prefix}/namespaces/{namespace}/{kind.lower()}s/{name}"
+
+
 def digest(obj: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
 
@@ -96,7 +101,6 @@ class Kube:
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api_client = api_client
-        self.dynamic = DynamicClient(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
@@ -116,8 +120,33 @@ class Kube:
                 config.load_kube_config()
         return cls(client.ApiClient())
 
-    def _resource(self, obj: Mapping[str, Any]) -> Any:
-        return self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any] | None:
+        """One request, its reply parsed as plain JSON; None for 404. Not the dynamic client: its discovery
+        cache (about 12 MiB) and its reply objects (converted back to dicts) cost more memory than the objects."""
+        request = self.api_client.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(*request)
+        data = response.read()
+        if response.status == 404:
+            return None
+        if not 200 <= response.status <= 299:
+            raise ApiException(http_resp=response)
+        found: dict[str, Any] = json.loads(data) if data else {}
+        return found
 
     def ensure(self, obj: Mapping[str, Any], *, namespace: str, seen: str | None = UNWATCHED) -> bool:
         """Make ``obj`` exist as rendered; True when that took a write request.
@@ -135,23 +164,26 @@ class Kube:
             if seen == known.version:
                 return False
         existing: dict[str, Any] | None = None
-        resource = self._resource(obj)
         name = obj["metadata"]["name"]
+        path = object_path(api_version=obj["apiVersion"], kind=obj["kind"], namespace=namespace, name=name)
         # Read only to verify what this process applied or read before (expired, or a watch saw another version);
         # an object never seen, or rendered differently now, is applied at once: one request, not two, and an
         # apply that changes nothing is not persisted.
         if known is not None and known.digest == wanted:
-            try:
-                existing = resource.get(name=name, namespace=namespace).to_dict()
-            except NotFoundError:
-                existing = None
+            existing = self._request("GET", path)
         if existing is not None and covers(existing, obj):
             self._remember(key, existing, wanted)
             return False
         body = {**copy.deepcopy(dict(obj)), "metadata": {**obj["metadata"], "namespace": namespace}}
-        applied = resource.server_side_apply(
-            body=body, name=name, namespace=namespace, field_manager=FIELD_MANAGER, force_conflicts=True
-        ).to_dict()
+        applied = self._request(
+            "PATCH",
+            path,
+            body=body,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            content_type="application/apply-patch+yaml",  # JSON is YAML
+        )
+        if applied is None:  # the namespace is going away
+            raise ApiException(status=404, reason=f"{obj['kind']} {name}: not found while applying it")
         self.writes += 1
         self._remember(key, applied, wanted)
         log.info("applied %s/%s", obj["kind"], name)
@@ -186,12 +218,9 @@ class Kube:
             known = self._known.pop((kind, namespace, name), None)
             if known is not None:
                 self._owned.get((namespace, known.owner), set()).discard((kind, namespace, name))
-        resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
-        try:
-            resource.delete(name=name, namespace=namespace, body={"propagationPolicy": "Background"})
+        path = object_path(api_version=api_version, kind=kind, namespace=namespace, name=name)
+        if self._request("DELETE", path, body={"propagationPolicy": "Background"}) is not None:
             self.writes += 1
-        except NotFoundError:
-            pass
 
     def terminations(self, *, namespace: str, job: str) -> dict[str, str]:
         """The termination message of each of ``job``'s pods that ended with one (pod name: message)."""
