@@ -115,7 +115,7 @@ def test_kubectl_of_the_same_release_talks_to_it(control_plane: ControlPlane) ->
     assert out.stdout.strip() == "ok"
 
 
-def test_a_cron_job_the_watch_has_not_reported_yet_is_still_deleted_when_its_dataset_goes(
+def test_a_cron_job_the_watch_has_not_reported_yet_is_still_deleted_when_its_dataset_goes_and_events_say_so(
     api: client.ApiClient, crds: list[str], namespace: str
 ) -> None:
     """The race CI once lost: the flow's CronJob is created, its Dataset is deleted before the CronJob watch
@@ -146,9 +146,13 @@ def test_a_cron_job_the_watch_has_not_reported_yet_is_still_deleted_when_its_dat
     now = dt.datetime.now(dt.UTC)
     batch = client.BatchV1Api(api)
 
-    reconciler.flow(flow, datasets={"events": dataset}, destination=destination, now=now, cron_jobs={})
+    first = reconciler.flow(flow, datasets={"events": dataset}, destination=destination, now=now, cron_jobs={})
     assert len(batch.list_namespaced_cron_job(namespace).items) == 1
+    assert first.events == []  # a new flow's first Scheduled is said by the status alone
     outcome = reconciler.flow(flow, datasets={}, destination=destination, now=now, cron_jobs={})
     assert outcome.status is not None
     assert [c.reason for c in outcome.status.conditions if c.type == "Ready"] == ["DatasetNotFound"]
+    assert [(e.type, e.reason) for e in outcome.events] == [("Warning", "DatasetNotFound")]
     assert batch.list_namespaced_cron_job(namespace).items == []
+    again = reconciler.flow(flow, datasets={"events": dataset}, destination=destination, now=now, cron_jobs={})
+    assert [(e.type, e.reason) for e in again.events] == [("Normal", "Scheduled")]  # recovered: that is news

@@ -139,7 +139,10 @@ class Reconciler:
         out.status = self._status(
             body, now=now, ready=ready, flow=flow, plan=plan, available=_mirror(destination, availability), was=was
         )
-        if out.status is not None and was[:1] != [ready[1]]:
+        # An Event when the Ready reason changes; not the first Scheduled of a new flow, which the status says
+        # (at a thousand flows applied at once, those Events would be a tenth of all writes).
+        first_scheduled = was[:1] == [None] and ready[1] == "Scheduled"
+        if out.status is not None and was[:1] != [ready[1]] and not first_scheduled:
             out.events.append(Event("Normal" if ready[0] else "Warning", ready[1], ready[2]))
         return out
 
