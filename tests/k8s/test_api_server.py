@@ -1,5 +1,6 @@
 """What only a real API server can show: the generated CRDs install and enforce their CEL rules, RBAC is on,
-and owner references are garbage-collected by the real controller."""
+owner references are garbage-collected by the real controller, and the operator's reconciler (called directly,
+so a race between its writes and its watches can be staged) cleans up what it created."""
 
 from __future__ import annotations
 
