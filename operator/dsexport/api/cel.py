@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
+import importlib.util
 from collections.abc import Mapping, Sequence
 from functools import cache
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import cel
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 
 
 @cache
+def _engine() -> ModuleType:
+    """The package's compiled CEL module alone.
+
+    ``import cel`` also imports the package's interactive shell (typer, rich, prompt_toolkit, pygments): 23 MiB
+    of every process that validates a model, the operator's included, for a REPL nobody here runs. The compiled
+    module needs none of it; the package as a whole is the fallback should its layout ever change.
+    """
+    spec = importlib.util.find_spec("cel")  # finds the package without running its __init__
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for binary in (b for folder in folders for b in sorted(Path(folder).glob("cel.*.so"))):
+        loader = importlib.machinery.ExtensionFileLoader("cel.cel", str(binary))
+        module = importlib.util.module_from_spec(importlib.util.spec_from_loader("cel.cel", loader))  # type: ignore[arg-type]
+        loader.exec_module(module)
+        return module
+    return importlib.import_module("cel")  # pragma: no cover - only if the wheel's layout changes
+
+
+@cache
 def _program(expression: str) -> Any:
-    return cel.compile(expression)
+    return _engine().compile(expression)
 
 
 def check(model: BaseModel, rules: Sequence[Mapping[str, str]]) -> None:
