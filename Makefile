@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-cluster test check lint typecheck unit crds bench bench-upload bench-operator clean cluster cluster-down cluster-bin test-servers image
+.PHONY: demo demo-cluster test check lint typecheck unit crds bench bench-upload bench-operator clean cluster cluster-install cluster-down cluster-bin test-servers image
 
 $(VENV)/.stamp: requirements/runtime.txt requirements/dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -53,6 +53,15 @@ test-servers:
 # image; prints the kubeconfig path. Stop it with make cluster-down (see docs/test-cluster.md).
 cluster: $(VENV)/.stamp cluster-bin image
 	$(PY) -m tests.cluster up
+
+# The chart on that cluster, as a user installs it: the operator Deployment runs on the node in the image it has
+# (docs/kubernetes.md). helm upgrade --install, so it also upgrades (apply the CRDs first: charts/dsexport/README.md).
+cluster-install: cluster
+	bin="$$(bash tests/cluster/build.sh)"; \
+	"$$bin/kubectl" --kubeconfig .cluster/admin.kubeconfig apply --server-side --force-conflicts -f crds/ && \
+	"$$bin/helm" --kubeconfig .cluster/admin.kubeconfig upgrade --install dsexport charts/dsexport \
+	  --namespace dsexport-system --create-namespace --wait --timeout 180s \
+	  --set image.repository=localhost/$${IMAGE:-dsexport} --set image.tag=dev --set image.pullPolicy=Never
 
 # The operator loop on that cluster: apply examples/cluster/, export now, show status, files and metrics.
 demo-cluster: cluster

@@ -59,18 +59,26 @@ if [[ -z "$base" ]]; then
 fi
 
 # ---------------------------------------------------------------------------------------------- the image
-# The inputs: everything the Dockerfile copies, the Dockerfile itself and the base image's ID.
+# One build at a time on a machine: two test runs building at once would prune each other's build stages.
+mkdir -p "$cache"
+exec 9>"$cache/image.lock"
+flock 9
+# The inputs: everything the Dockerfile copies, the Dockerfile itself, this script and the base image's ID.
 inputs="$( (cd "$repo" && git ls-files -z Dockerfile pyproject.toml README.md requirements/runtime.txt operator \
+            tests/image/build.sh \
             | sort -z | xargs -0 sha256sum; podman image inspect --format '{{.Id}}' "$base") | sha256sum | cut -c1-16)"
 current="$(podman image inspect --format '{{index .Labels "io.dsexport.inputs"}}' "$image:dev" 2>/dev/null || true)"
 if [[ "$current" != "$inputs" ]]; then
     echo "building $image:$version from $base ..." >&2
+    # The pinned Python packages, NAME==VERSION comma-separated, for scanners and people (podman image inspect).
+    packages="$(sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\) .*/\1/p' "$repo/requirements/runtime.txt" | paste -sd, -)"
     start=$SECONDS
     podman build --quiet --pull=never --network=host --timestamp "$SOURCE_DATE_EPOCH" \
         -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
         --build-arg BASE="$base" --build-arg SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" \
         --build-arg VERSION="$version" \
         --label io.dsexport.inputs="$inputs" \
+        --label io.dsexport.python-packages="$packages" \
         -t "$image:$version" -t "$image:dev" "$repo" >/dev/null
     podman image prune --force >/dev/null  # the build stage, untagged; only in this private storage
     size="$(podman image inspect --format '{{.Size}}' "$image:dev")"

@@ -345,7 +345,9 @@ def schedule_cmd(files: tuple[str, ...], count: int, after: str | None, output: 
 @click.option(
     "--webhook-service",
     metavar="NAMESPACE/NAME[:PORT]",
-    help="In a cluster: the Service in front of the operator's pods that the API server calls (port default 443).",
+    help="In a cluster: the Service in front of the operator's pods that the API server calls (port default 443). "
+    "With DSEXPORT_POD_IP, _NAME, _NAMESPACE and _UID set (downward API), the leader makes itself the Service's "
+    "one endpoint (an EndpointSlice NAME-leader), so a Service without a selector reaches only the leader.",
 )
 def operator(
     *,
@@ -361,7 +363,7 @@ def operator(
     webhook_service: str | None = None,
 ) -> None:
     """Run the operator: reconcile Datasets, Destinations and DatasetExports into CronJobs until stopped."""
-    from dsexport.operator.handlers import Webhook  # noqa: PLC0415 - kopf loads only for this command
+    from dsexport.operator.handlers import Webhook, own_pod  # noqa: PLC0415 - kopf loads only for this command
     from dsexport.operator.leader import LeadershipLostError  # noqa: PLC0415 - loads the Kubernetes client
     from dsexport.operator.main import run as run_operator  # noqa: PLC0415 - kopf loads only for this command
 
@@ -379,6 +381,7 @@ def operator(
             host=webhook_host,
             service=service,
             service_port=service_port,
+            pod=own_pod() if service else None,
         )
     elif webhook_host or webhook_service:
         raise click.UsageError("--webhook-host and --webhook-service need --webhook-address")

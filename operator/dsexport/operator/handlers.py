@@ -12,11 +12,14 @@ should look like (a window opening or closing, the next slot passing) and starts
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 import logging
+import os
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -51,6 +54,60 @@ class Webhook:
     host: str | None = None
     service: tuple[str, str] | None = None  # namespace, name
     service_port: int = 443
+    pod: PodAddress | None = None
+    """This replica, when the Service has no selector: the leader makes itself the Service's only endpoint."""
+
+
+@dataclass(frozen=True)
+class PodAddress:
+    """The operator's own pod, from the downward API (``DSEXPORT_POD_IP``, ``_NAME``, ``_NAMESPACE``, ``_UID``)."""
+
+    ip: str
+    name: str
+    namespace: str
+    uid: str
+
+
+def own_pod() -> PodAddress | None:
+    """This pod as the downward API describes it (all four variables set), else None: the webhook Service then
+    selects the operator's pods itself."""
+    found = [os.environ.get(f"DSEXPORT_POD_{k}") for k in ("IP", "NAME", "NAMESPACE", "UID")]
+    if not all(found):
+        return None
+    ip, name, namespace, uid = (str(v) for v in found)
+    return PodAddress(ip=ip, name=name, namespace=namespace, uid=uid)
+
+
+def endpoint_slice(*, service: str, port: int, pod: PodAddress) -> dict[str, Any]:
+    """The webhook Service's one endpoint: this pod, the leader.
+
+    Only the leader serves the webhook (a standby runs no kopf), yet every replica must be ready for the
+    Deployment's rollouts and disruption budget; so the Service selects no pods and the leader names itself here
+    once its webhook server listens. The slice is owned by the pod: when that pod goes, so does the slice, and
+    the next leader writes its own (until then the webhook is unreachable, which admission ignores).
+    """
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service}-leader",
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "dsexport.io",
+                **MANAGED,
+            },
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": pod.name, "uid": pod.uid}],
+        },
+        "addressType": "IPv6" if ":" in pod.ip else "IPv4",
+        "endpoints": [
+            {
+                "addresses": [pod.ip],
+                "conditions": {"ready": True},
+                "targetRef": {"kind": "Pod", "name": pod.name, "namespace": pod.namespace, "uid": pod.uid},
+            }
+        ],
+        "ports": [{"name": "webhook", "port": port, "protocol": "TCP"}],
+    }
 
 
 @dataclass(frozen=True)
@@ -130,18 +187,22 @@ operator stops, so deletions are then held by the finalizer instead of failing).
 class _ServiceWebhookServer(kopf.WebhookServer):
     """kopf's server, announced to the API server as a Service (kopf itself announces a URL)."""
 
-    def __init__(self, *, service: tuple[str, str], service_port: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *, service: tuple[str, str], service_port: int, announce: Callable[[], object] | None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.service, self.service_port = service, service_port
+        self.service, self.service_port, self.announce = service, service_port, announce
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
-        async for config in super().__call__(fn):
+        async for config in super().__call__(fn):  # yielded once the server listens
+            if self.announce is not None:
+                await asyncio.to_thread(self.announce)
             namespace, name = self.service
             ref = {"namespace": namespace, "name": name, "port": self.service_port, "path": self.path or ""}
             yield {"service": ref, "caBundle": config.get("caBundle")}
 
 
-def _webhook_server(webhook: Webhook) -> kopf.WebhookServer:
+def _webhook_server(webhook: Webhook, kube: Kube) -> kopf.WebhookServer:
     if webhook.service is not None:
         namespace, name = webhook.service
         names = [f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local", f"{name}.{namespace}"]
@@ -150,8 +211,21 @@ def _webhook_server(webhook: Webhook) -> kopf.WebhookServer:
     cert = tls.self_signed(names=names)
     files = {"certfile": str(cert.cert_file), "pkeyfile": str(cert.key_file), "cadata": cert.pem}
     if webhook.service is not None:
+        pod, (namespace, name) = webhook.pod, webhook.service
+        announce = (
+            None
+            if pod is None
+            else functools.partial(
+                kube.ensure, endpoint_slice(service=name, port=webhook.port, pod=pod), namespace=namespace
+            )
+        )
         return _ServiceWebhookServer(
-            service=webhook.service, service_port=webhook.service_port, addr=webhook.address, port=webhook.port, **files
+            service=webhook.service,
+            service_port=webhook.service_port,
+            announce=announce,
+            addr=webhook.address,
+            port=webhook.port,
+            **files,
         )
     return kopf.WebhookServer(addr=webhook.address, port=webhook.port, host=names[0], **files)  # type: ignore[arg-type]
 
@@ -543,7 +617,7 @@ def build(options: Options) -> kopf.OperatorRegistry:
 
         def admission(**kwargs: Any) -> None:
             settings: kopf.OperatorSettings = kwargs["settings"]
-            settings.admission.server = _webhook_server(webhook)
+            settings.admission.server = _webhook_server(webhook, kube)
             settings.admission.managed = WEBHOOK_CONFIGURATION
 
         kopf.on.startup(registry=registry)(admission)

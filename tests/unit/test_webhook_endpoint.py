@@ -1,0 +1,37 @@
+"""The leader's EndpointSlice for the webhook Service: what the API server resolves the Service to."""
+
+from __future__ import annotations
+
+import pytest
+
+from dsexport.operator.handlers import PodAddress, endpoint_slice, own_pod
+
+POD = PodAddress(ip="10.244.3.7", name="dsexport-7c9-abcde", namespace="dsexport-system", uid="1234-uid")
+
+
+def test_the_slice_names_this_pod_under_the_services_port_name() -> None:
+    found = endpoint_slice(service="dsexport-webhook", port=9443, pod=POD)
+    assert found["metadata"]["labels"]["kubernetes.io/service-name"] == "dsexport-webhook"
+    assert found["metadata"]["name"] == "dsexport-webhook-leader"
+    # the API server matches the Service's port by name, then dials the endpoint's address and this port
+    assert found["ports"] == [{"name": "webhook", "port": 9443, "protocol": "TCP"}]
+    assert [e["addresses"] for e in found["endpoints"]] == [["10.244.3.7"]]
+    assert found["addressType"] == "IPv4"
+    # owned by the pod: a leader that goes takes its endpoint along
+    assert found["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Pod", "name": "dsexport-7c9-abcde", "uid": "1234-uid"}
+    ]
+
+
+def test_an_ipv6_pod_gets_an_ipv6_slice() -> None:
+    pod = PodAddress(ip="fd00::7", name="p", namespace="n", uid="u")
+    assert endpoint_slice(service="s", port=9443, pod=pod)["addressType"] == "IPv6"
+
+
+def test_own_pod_needs_all_four_downward_api_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {"IP": POD.ip, "NAME": POD.name, "NAMESPACE": POD.namespace, "UID": POD.uid}
+    for key, value in values.items():
+        monkeypatch.setenv(f"DSEXPORT_POD_{key}", value)
+    assert own_pod() == POD
+    monkeypatch.delenv("DSEXPORT_POD_UID")
+    assert own_pod() is None  # then the Service must select the operator's pods itself
