@@ -16,6 +16,10 @@
 #   - containerd, the CNI plugins and catatonit (Debian packages) for the real node of the Kubernetes tests
 #     (tests/cluster/node.py). containerd runs with the tests' own configuration; Debian's service is never
 #     started (there is no systemd here, and on a machine with one the package's unit is left alone).
+#   - Prometheus (Debian package prometheus): promtool, which checks and unit-tests the product's alert rules
+#     (tests/unit/test_alerts.py), and the server that other tests start with their own configuration. The
+#     package's postinst would start Debian's service (init.d, or systemd where there is one); a policy-rc.d that
+#     refuses every start, in place only during the install, keeps it stopped.
 #   - Azurite (npm), pinned by tests/servers/azurite/package-lock.json, into a cache folder outside the checkout
 #     keyed by version, since CI clones afresh but keeps the machine.
 set -euo pipefail
@@ -56,6 +60,25 @@ if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null || ! com
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     podman runc mmdebstrap skopeo catatonit uidmap fuse-overlayfs containerd containernetworking-plugins >/dev/null
+fi
+
+# ------------------------------------------------------------------------------------------ Prometheus
+if [ ! -x /usr/bin/promtool ] || [ ! -x /usr/bin/prometheus ]; then
+  # invoke-rc.d and deb-systemd-invoke ask policy-rc.d before starting a service; 101 means "not allowed". A
+  # machine's own policy-rc.d (Docker images have one) is left as it is.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    own_policy=1
+  fi
+  status=0
+  { apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+    || status=$?
+  if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
+  [ "$status" = 0 ] || exit "$status"
 fi
 
 # -------------------------------------------------------------------------------------------- Azurite
