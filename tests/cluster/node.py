@@ -310,7 +310,7 @@ def product_image_archive() -> tuple[Path, str]:
         archive.parent.mkdir(parents=True, exist_ok=True)
         for old in archive.parent.glob("*.tar"):
             old.unlink()  # one archive at a time: images are hundreds of MiB
-        tmp = archive.with_suffix(".tmp")
+        tmp = archive.with_suffix(f".{os.getpid()}.tmp")  # two test runs may save at once: each its own file
         subprocess.run(
             ["podman", "save", "--quiet", "--format", "docker-archive", "-o", str(tmp), IMAGE], check=True, env=env
         )
