@@ -23,6 +23,7 @@ from dsexport.api import (
     Format,
     Incremental,
     Schedule,
+    ServiceAccount,
     Source,
 )
 
@@ -185,6 +186,125 @@ INVALID = [
 ]
 
 
+def _identity(*, annotations: dict[str, str] | None = None, pod_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """The design DatasetExport with a ``spec.serviceAccount`` holding what is given."""
+    block: dict[str, Any] = {}
+    if annotations is not None:
+        block["annotations"] = annotations
+    if pod_labels is not None:
+        block["podLabels"] = pod_labels
+    return edited(DATASET_EXPORT, "spec.serviceAccount", block)
+
+
+_IRSA = {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/dsexport-marketing-daily"}
+
+INVALID += [
+    pytest.param(
+        DatasetExport,
+        _identity(annotations={"Example.com/x": "1"}),
+        message(ServiceAccount, 0),
+        id="annotation-key-upper-case-prefix",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(annotations={"a/b/c": "1"}),
+        message(ServiceAccount, 0),
+        id="annotation-key-two-slashes",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(annotations={"x" * 64: "1"}),
+        message(ServiceAccount, 0),
+        id="annotation-key-name-too-long",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(annotations={"-role": "1"}),
+        message(ServiceAccount, 0),
+        id="annotation-key-starts-with-dash",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(annotations={"app.kubernetes.io/instance": "other"}),
+        message(ServiceAccount, 1),
+        id="annotation-app-kubernetes-io",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(annotations={"dsexport.io/run-now": "1"}),
+        message(ServiceAccount, 1),
+        id="annotation-dsexport-io",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(pod_labels={"azure workload": "true"}),
+        message(ServiceAccount, 2),
+        id="pod-label-key-with-space",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(pod_labels={"a" * 254 + "/use": "true"}),
+        message(ServiceAccount, 2),
+        id="pod-label-key-prefix-too-long",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(pod_labels={"app.kubernetes.io/component": "x"}),
+        message(ServiceAccount, 3),
+        id="pod-label-app-kubernetes-io",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(pod_labels={"dsexport.io/schedule": "x"}),
+        message(ServiceAccount, 3),
+        id="pod-label-dsexport-io",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(pod_labels={"batch.kubernetes.io/job-name": "x"}),
+        message(ServiceAccount, 3),
+        id="pod-label-batch-kubernetes-io",
+    ),
+    pytest.param(
+        DatasetExport, _identity(pod_labels={"job-name": "x"}), message(ServiceAccount, 3), id="pod-label-job-name"
+    ),
+]
+
+INVALID_SCHEMA = [
+    pytest.param(
+        DatasetExport,
+        _identity(annotations={f"example.com/a{i}": "1" for i in range(17)}),
+        "spec.serviceAccount.annotations",
+        id="too-many-annotations",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(annotations={"example.com/a": "x" * 2049}),
+        "spec.serviceAccount.annotations",
+        id="annotation-value-too-long",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(pod_labels={"team": "x" * 64}),
+        "spec.serviceAccount.podLabels",
+        id="pod-label-value-too-long",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(pod_labels={"team": "data team"}),
+        "spec.serviceAccount.podLabels",
+        id="pod-label-value-with-space",
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(pod_labels={f"example.com/l{i}": "x" for i in range(17)}),
+        "spec.serviceAccount.podLabels",
+        id="too-many-pod-labels",
+    ),
+]
+"""Refused by the schema (sizes, patterns) rather than by CEL: the API server names the field, pydantic its path."""
+
+
 VALID = [
     pytest.param(Dataset, _with_column("column", "updated_at"), id="column-strategy-with-column"),
     pytest.param(Dataset, edited(DATASET, "spec.incremental", ...), id="incremental-defaulted"),
@@ -206,4 +326,25 @@ VALID = [
         id="once-with-startDate",
     ),
     pytest.param(DatasetExport, edited(DATASET_EXPORT, "spec.schedule.startDate", ...), id="endDate-alone"),
+    pytest.param(DatasetExport, _identity(annotations=_IRSA), id="irsa-annotation"),
+    pytest.param(
+        DatasetExport,
+        _identity(
+            annotations={"iam.gke.io/gcp-service-account": "exporter@acme.iam.gserviceaccount.com"},
+            pod_labels={"azure.workload.identity/use": "true", "team": "data", "empty": ""},
+        ),
+        id="gke-annotation-and-azure-pod-label",
+    ),
+    pytest.param(
+        DatasetExport, _identity(annotations={"x" * 63: "1", "a" * 253 + "/" + "b" * 63: "v" * 2048}), id="longest-keys"
+    ),
+    pytest.param(
+        DatasetExport, _identity(annotations={f"example.com/a{i}": "1" for i in range(16)}), id="16-annotations"
+    ),
+    pytest.param(
+        DatasetExport,
+        _identity(pod_labels={"notdsexport.io/x": "1", "kubernetes.io-like/x": "1"}),
+        id="lookalike-prefixes",
+    ),
+    pytest.param(DatasetExport, _identity(), id="empty-service-account"),
 ]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
-from tests.crd_cases import DATASET, DATASET_EXPORT, DESTINATION, INVALID, VALID, rules_of
+from tests.crd_cases import DATASET, DATASET_EXPORT, DESTINATION, INVALID, INVALID_SCHEMA, VALID, rules_of
 
 from dsexport.api import (
     KINDS,
@@ -28,6 +28,7 @@ from dsexport.api import (
     Incremental,
     Resource,
     Schedule,
+    ServiceAccount,
     Source,
     crdgen,
 )
@@ -194,6 +195,25 @@ def shape(node: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in node.items() if k != "description"}
 
 
+def test_service_account_maps_are_bounded_and_their_values_checked_by_the_schema() -> None:
+    export = schema_of(DatasetExport)
+    assert shape(at(export, "spec.serviceAccount.annotations")) == {
+        "type": "object",
+        "maxProperties": 16,
+        "additionalProperties": {"type": "string", "maxLength": 2048},
+    }
+    assert shape(at(export, "spec.serviceAccount.podLabels")) == {
+        "type": "object",
+        "maxProperties": 16,
+        "additionalProperties": {
+            "type": "string",
+            "pattern": r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$",
+            "maxLength": 63,
+        },
+    }
+    assert "serviceAccount" not in at(export, "spec").get("required", [])
+
+
 def test_int_or_string_keeps_the_quantity_pattern() -> None:
     node = shape(at(schema_of(Destination), "spec.format.maxFileSize"))
     assert node == {
@@ -251,6 +271,7 @@ EXPECTED_RULES: list[tuple[type[Resource], str, type[BaseModel]]] = [
     (DatasetExport, "spec", DatasetExportSpec),
     (DatasetExport, "spec.schedule", Schedule),
     (DatasetExport, "spec.datasets[].schedule", Schedule),
+    (DatasetExport, "spec.serviceAccount", ServiceAccount),
 ]
 
 
@@ -286,6 +307,8 @@ def test_cel_rules_only_reference_bounded_strings_and_lists(kind: type[Resource]
             field = node["properties"][name]
             if field.get("type") == "string":
                 assert "maxLength" in field or "enum" in field, f"{path}.{name} in {rule['rule']!r}: no maxLength"
+            if isinstance(field.get("additionalProperties"), dict):  # a map: its size bounds the cost of .all()
+                assert "maxProperties" in field, f"{path}.{name} in {rule['rule']!r}: no maxProperties"
             if field.get("type") == "array":
                 assert "maxItems" in field, f"{path}.{name} in {rule['rule']!r}: no maxItems"
                 items = field["items"]
@@ -313,6 +336,14 @@ def test_each_cel_rule_rejects_locally(kind: type[Resource], document: dict[str,
     with pytest.raises(ValidationError) as caught:
         kind.model_validate(document)
     assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(("kind", "document", "field"), INVALID_SCHEMA)
+def test_schema_limits_reject_locally(kind: type[Resource], document: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        kind.model_validate(document)
+    paths = {".".join(str(p) for p in e["loc"]) for e in caught.value.errors()}
+    assert any(p.startswith(field) for p in paths), paths
 
 
 def test_every_cel_rule_has_a_rejection_test() -> None:

@@ -25,6 +25,7 @@ from dsexport.api.dataset_export import (
     Frequency,
     Mode,
     Schedule,
+    ServiceAccount,
 )
 from dsexport.api.destination import (
     DEFAULT_MAX_FILE_SIZE,
@@ -75,6 +76,7 @@ __all__ = [
     "OutputFormat",
     "Resource",
     "Schedule",
+    "ServiceAccount",
     "Sftp",
     "Source",
     "SourceFormat",

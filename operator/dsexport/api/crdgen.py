@@ -39,6 +39,8 @@ _PASSTHROUGH = (
     "multipleOf",
     "minItems",
     "maxItems",
+    "minProperties",
+    "maxProperties",
 )
 # Keywords that carry nothing Kubernetes needs.
 _DROPPED = {"title", "$defs"}

@@ -75,6 +75,71 @@ class Mode(StrEnum):
     full = "full"
 
 
+# A qualified name, as Kubernetes requires of label and annotation keys: an optional DNS-subdomain prefix and "/",
+# then a name of letters, digits, "-", "_" and "."; character classes instead of backslashes keep the CEL string
+# literal and the YAML readable. The second pattern bounds the parts (prefix 253, name 63), which the first cannot.
+_KEY = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+_KEY_SIZES = "^([^/]{1,253}/)?[^/]{1,63}$"
+_KEY_RULE = f"k.matches('{_KEY}') && k.matches('{_KEY_SIZES}')"
+_KEY_FORMAT = (
+    "an optional DNS subdomain prefix (lower case, at most 253 characters) and '/', then a name of at most 63 "
+    "letters, digits, '-', '_' or '.' that starts and ends with a letter or digit"
+)
+# The operator's own keys (render.labels: app.kubernetes.io/*, dsexport.io/*), and for pod labels also those
+# Kubernetes sets on a Job's pods (the *.kubernetes.io and *.k8s.io prefixes are reserved for it, job-name and
+# controller-uid are the Job controller's selector): a user's value there would break ownership or selection.
+_RESERVED_ANNOTATION = "^(app[.]kubernetes[.]io|([^/]+[.])?dsexport[.]io)/"
+_RESERVED_POD_LABEL = "^(([^/]+[.])?kubernetes[.]io|([^/]+[.])?k8s[.]io|([^/]+[.])?dsexport[.]io)/"
+MAX_ANNOTATIONS = 16
+MAX_ANNOTATION_VALUE = 2048
+MAX_POD_LABELS = 16
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+
+class ServiceAccount(Spec):
+    """The exporter pods' identity towards a cloud (workload identity): annotations for the ServiceAccount
+    NAME-exporter the operator renders, and labels for the exporter pods, which run as that account."""
+
+    model_config = rules(
+        (
+            f"!has(self.annotations) || self.annotations.all(k, {_KEY_RULE})",
+            f"serviceAccount.annotations keys must be valid annotation keys: {_KEY_FORMAT}",
+        ),
+        (
+            f"!has(self.annotations) || self.annotations.all(k, !k.matches('{_RESERVED_ANNOTATION}'))",
+            "serviceAccount.annotations may not use the operator's own keys (app.kubernetes.io/*, dsexport.io/*)",
+        ),
+        (
+            f"!has(self.podLabels) || self.podLabels.all(k, {_KEY_RULE})",
+            f"serviceAccount.podLabels keys must be valid label keys: {_KEY_FORMAT}",
+        ),
+        (
+            f"!has(self.podLabels) || self.podLabels.all(k, !k.matches('{_RESERVED_POD_LABEL}') "
+            "&& k != 'job-name' && k != 'controller-uid')",
+            "serviceAccount.podLabels may not use the operator's labels (app.kubernetes.io/*, dsexport.io/*) nor "
+            "those Kubernetes sets on a Job's pods (*kubernetes.io/*, *k8s.io/*, job-name, controller-uid)",
+        ),
+    )
+
+    annotations: Annotated[
+        dict[str, Annotated[str, Field(max_length=MAX_ANNOTATION_VALUE)]],
+        Field(
+            max_length=MAX_ANNOTATIONS,
+            description="Annotations of the ServiceAccount NAME-exporter, e.g. eks.amazonaws.com/role-arn (IRSA), "
+            "iam.gke.io/gcp-service-account (GKE Workload Identity), azure.workload.identity/client-id.",
+        ),
+    ] = Field(default_factory=dict)
+    pod_labels: Annotated[
+        dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]],
+        Field(
+            alias="podLabels",
+            max_length=MAX_POD_LABELS,
+            description='Labels of the exporter pods, e.g. azure.workload.identity/use: "true" (Azure Workload '
+            "Identity); the operator's own labels cannot be overridden.",
+        ),
+    ] = Field(default_factory=dict)
+
+
 class DatasetExportSpec(Spec):
     model_config = rules(
         (
@@ -98,6 +163,14 @@ class DatasetExportSpec(Spec):
             max_length=32,
             description="Stop a run that takes longer than this, e.g. 2h (the Job's activeDeadlineSeconds); "
             "the next run continues from the last commit.",
+        ),
+    ] = None
+    service_account: Annotated[
+        ServiceAccount | None,
+        Field(
+            alias="serviceAccount",
+            description="Workload identity of the exporter pods: annotations of their ServiceAccount, labels of "
+            "the pods.",
         ),
     ] = None
 

@@ -22,6 +22,8 @@ def _type(node: dict[str, Any]) -> str:
         return "integer or string"
     if node.get("type") == "array":
         return f"list of {_type(node['items'])}"
+    if isinstance(node.get("additionalProperties"), dict):
+        return f"map of {_type(node['additionalProperties'])}"
     return str(node.get("type", "any"))
 
 
@@ -41,6 +43,11 @@ def _constraints(node: dict[str, Any]) -> str:
         parts.append(f"max length {node['maxLength']}")
     if "pattern" in node and "enum" not in node:
         parts.append(f"pattern `{node['pattern']}`")
+    if "maxProperties" in node:
+        parts.append(f"max entries {node['maxProperties']}")
+    values = node.get("additionalProperties")
+    if isinstance(values, dict) and _constraints(values):
+        parts.append(f"values: {_constraints(values)}")  # a map's values; its keys are checked by CEL
     return "; ".join(parts)
 
 

@@ -87,11 +87,17 @@ def desired(
 
     runnable = flow.model_copy(update={"spec": flow.spec.model_copy(update={"datasets": found})})
     used = {e.name: datasets[e.name] for e in found}
+    identity = flow.spec.service_account
     objects: list[dict[str, Any]] = [
         render.flow_config_map(
             dataset_export=runnable, datasets=list(used.values()), destination=destination, owner_uid=uid
         ),
-        *render.exporter_access(dataset_export=name, namespace=flow.metadata.namespace, owner_uid=uid),
+        *render.exporter_access(
+            dataset_export=name,
+            namespace=flow.metadata.namespace,
+            owner_uid=uid,
+            annotations=identity.annotations if identity else None,
+        ),
     ]
     timeout = api.parse_duration_seconds(flow.spec.timeout) if flow.spec.timeout else None
     secrets = secrets_of(datasets=used, destination=destination)
@@ -114,6 +120,7 @@ def desired(
                     volumes=volumes,
                     volume_mounts=mounts,
                     report_status=True,
+                    pod_labels=identity.pod_labels if identity else None,
                 ),
             )
         )

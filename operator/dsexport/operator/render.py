@@ -76,8 +76,15 @@ def flow_config_map(
     destination: api.Destination,
     owner_uid: str,
 ) -> dict[str, Any]:
-    """The flow as ``dsexport run`` reads it in the pod: the DatasetExport, its Datasets and its Destination."""
-    resources: list[api.Resource] = [dataset_export, destination, *sorted(datasets, key=lambda d: d.metadata.name)]
+    """The flow as ``dsexport run`` reads it in the pod: the DatasetExport, its Datasets and its Destination.
+
+    Without ``spec.serviceAccount``: the exporter never reads it (the cloud's webhook or metadata server acts on
+    the account and the pod labels), so changing the identity rewrites the ServiceAccount or the CronJobs, not
+    this ConfigMap.
+    """
+    spec = dataset_export.spec.model_copy(update={"service_account": None})
+    runnable = dataset_export.model_copy(update={"spec": spec})
+    resources: list[api.Resource] = [runnable, destination, *sorted(datasets, key=lambda d: d.metadata.name)]
     name = dataset_export.metadata.name
     return {
         "apiVersion": "v1",
@@ -129,17 +136,34 @@ def exporter_account_name(dataset_export: str) -> str:
     return _name(dataset_export, "exporter")
 
 
-def exporter_access(*, dataset_export: str, namespace: str, owner_uid: str) -> list[dict[str, Any]]:
+def exporter_access(
+    *,
+    dataset_export: str,
+    namespace: str,
+    owner_uid: str,
+    annotations: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
     """The exporter pods' identity: a ServiceAccount that may patch the status of this DatasetExport and nothing
-    else, so a pod reports its complete result (a termination message holds only 4 KiB)."""
+    else, so a pod reports its complete result (a termination message holds only 4 KiB).
+
+    ``annotations`` (``spec.serviceAccount.annotations``) go on the ServiceAccount alone: they bind it to a cloud
+    identity (IRSA, GKE Workload Identity), which the Role and RoleBinding have nothing to do with. Without any,
+    the metadata has no ``annotations`` key, so server-side apply removes the ones the operator set before.
+    """
     name = exporter_account_name(dataset_export)
     meta = {
         "name": name,
         "labels": labels(dataset_export, "exporter"),
         "ownerReferences": [owner_reference(name=dataset_export, uid=owner_uid)],
     }
+    account_meta = {**meta, "annotations": dict(sorted(annotations.items()))} if annotations else meta
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta, "automountServiceAccountToken": False},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": account_meta,
+            "automountServiceAccountToken": False,
+        },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
@@ -213,11 +237,18 @@ def cron_job(
     volume_mounts: Sequence[Mapping[str, Any]] = (),
     report_status: bool = False,
     image_pull_policy: str = "IfNotPresent",
+    pod_labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The CronJob that runs ``group``'s datasets at their schedule's slots, suspended outside its window."""
+    """The CronJob that runs ``group``'s datasets at their schedule's slots, suspended outside its window.
+
+    ``pod_labels`` (``spec.serviceAccount.podLabels``, e.g. Azure Workload Identity's) go on the pod template
+    only, under the operator's own labels: the CRD refuses those keys, and should one get through anyway, the
+    operator's value wins, since its labels select and own what it renders.
+    """
     name = dataset_export.metadata.name
     cron = schedules.cron_schedule(group.schedule)
     job_labels = {**labels(name, "exporter"), LABEL_SCHEDULE: group.key}
+    pod_template_labels = {**dict(sorted((pod_labels or {}).items())), **job_labels}
     args = ["--export", name]
     for dataset in group.datasets:
         args += ["--dataset", dataset]
@@ -231,7 +262,7 @@ def cron_job(
         secrets=sorted(set(secrets)),
         args=args,
         service_account=service_account,
-        labels=job_labels,
+        labels=pod_template_labels,
         volumes=volumes,
         volume_mounts=volume_mounts,
     )
