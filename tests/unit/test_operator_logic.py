@@ -103,6 +103,19 @@ def test_a_result_that_does_not_parse_is_dropped_not_trusted() -> None:
     assert status.datasets[0].last_outcome == "failed"
 
 
+def test_a_job_that_met_its_success_criteria_before_completing_has_an_end() -> None:
+    """Kubernetes 1.31+ sets SuccessCriteriaMet first, completionTime later: the run's duration (a metric) is
+    measured to that condition, not lost."""
+    job = _job("flow-1")
+    job["status"] = {
+        "startTime": "2026-12-01T11:59:00Z",
+        "conditions": [{"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": "2026-12-01T11:59:42Z"}],
+    }
+    found = results.FinishedJob.of(job)
+    assert found is not None and found.succeeded
+    assert (found.start, found.end) == ("2026-12-01T11:59:00Z", "2026-12-01T11:59:42Z")
+
+
 def test_a_running_job_is_not_finished() -> None:
     job = _job("flow-1")
     job["status"] = {"active": 1}

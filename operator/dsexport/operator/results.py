@@ -59,7 +59,7 @@ class FinishedJob:
             succeeded=failed is None,
             datasets=datasets,
             start=status.get("startTime"),
-            end=status.get("completionTime") or (failed or {}).get("lastTransitionTime"),
+            end=status.get("completionTime") or (done or failed or {}).get("lastTransitionTime"),
             message=message,
         )
 
