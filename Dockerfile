@@ -27,7 +27,10 @@ COPY --from=build /opt/dsexport /opt/dsexport
 ENV PATH=/opt/dsexport/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-# 65532 is the conventional "nonroot" uid; the chart also sets runAsNonRoot and a read-only root filesystem.
+# 65532 is the conventional "nonroot" uid; the chart also sets runAsNonRoot and a read-only root filesystem. It has
+# a name, as in distroless images: libraries that ask who runs them (getpass.getuser) fail for a nameless uid.
+RUN echo 'nonroot:x:65532:65532:nonroot:/nonexistent:/usr/sbin/nologin' >>/etc/passwd \
+ && echo 'nonroot:x:65532:' >>/etc/group
 USER 65532:65532
 ENTRYPOINT ["dsexport"]
 CMD ["--help"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -72,8 +73,12 @@ def test_the_image_runs_as_a_numeric_non_root_user_with_oci_labels(image: str) -
     ran = podman("run", "--rm", *HARDENED, image, "--version")
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.startswith("dsexport, version ")
-    whoami = podman("run", "--rm", *HARDENED, "--entrypoint", "python3", image, "-c", "import os; print(os.getuid())")
-    assert whoami.stdout.strip() == str(UID)
+    code = "import getpass, os; print(os.getuid(), getpass.getuser())"  # kopf asks for the user's name
+    whoami = podman("run", "--rm", *HARDENED, "--entrypoint", "python3", image, "-c", code)
+    assert whoami.stdout.split() == [str(UID), "nonroot"], whoami.stderr
+    pinned = dict(p.split("==") for p in labels["io.dsexport.python-packages"].split(","))
+    assert pinned["pyarrow"] and pinned["kopf"]  # the runtime requirements, for scanners and people
+    assert len(pinned) == len(re.findall(r"^[A-Za-z0-9_.-]+==", (REPO / "requirements/runtime.txt").read_text(), re.M))
 
 
 def test_an_export_inside_the_hardened_container_commits_exactly_the_source_rows(image: str, tmp_path: Path) -> None:

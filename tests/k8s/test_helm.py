@@ -187,6 +187,31 @@ def _assert_no_failed_api_call(api: client.ApiClient) -> None:
     assert not bad, "\n".join(bad[:20])
 
 
+def _diagnosis(cp: ControlPlane) -> str:
+    """What a person would look at when the operator does not come up: its pods, their events and logs."""
+    run = [str(cp.bin / "kubectl"), "--kubeconfig", str(cp.kubeconfig), "-n", NAMESPACE]
+    logs = ["logs", "--tail=40", "--all-containers", "-l", "app.kubernetes.io/component=operator"]
+    found = [
+        subprocess.run([*run, *args], capture_output=True, text=True, check=False)
+        for args in (["describe", "pods"], logs)
+    ]
+    return "\n".join(f.stdout[-6000:] + f.stderr[-2000:] for f in found)
+
+
+def _wait_namespace_gone(api: client.ApiClient, name: str) -> None:
+    core = client.CoreV1Api(api)
+
+    def gone() -> bool:
+        return name not in [n.metadata.name for n in core.list_namespace().items]
+
+    try:
+        wait_until(gone, timeout=180, what=f"namespace {name} to go", interval=1)
+    except TimeoutError as e:
+        left = core.read_namespace(name).status
+        pods = [(p.metadata.name, p.status.phase) for p in core.list_namespaced_pod(name).items]
+        raise TimeoutError(f"{e}: {[c.message for c in left.conditions or []]}; pods {pods}") from None
+
+
 def _leader(api: client.ApiClient) -> str:
     lease = client.CoordinationV1Api(api).read_namespaced_lease("dsexport-operator", NAMESPACE)
     return str(lease.spec.holder_identity or "")
@@ -203,9 +228,12 @@ def installed(
     repository, tag = cluster.node.image.rsplit(":", 1)
     values = ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never"]
     try:
-        helm(
-            control_plane, "install", RELEASE, str(chart_copy), "-n", NAMESPACE, *values, "--wait", "--timeout", "180s"
+        out = helm(
+            control_plane,
+            *("install", RELEASE, str(chart_copy), "-n", NAMESPACE, *values, "--wait", "--timeout", "180s"),
+            check=False,
         )
+        assert out.returncode == 0, f"{out.stderr}\n{_diagnosis(control_plane)}"
         yield values
     finally:
         helm(control_plane, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "120s", check=False)
@@ -264,7 +292,7 @@ def test_install_export_upgrade_uninstall_on_the_real_node(
                     GROUP, VERSION, demo_cluster.NAMESPACE, "datasets", "experience-events", dry_run="All"
                 )
             except ApiException as e:
-                return e.status in (400, 403) and demo_cluster.FLOW in str(e.body)
+                return e.status == 409 and f"used by DatasetExport(s) {demo_cluster.FLOW}" in str(e.body)
             return False
 
         wait_until(refused, timeout=60, what="the webhook to refuse deleting a Dataset in use", interval=0.5)
@@ -316,13 +344,7 @@ def test_install_export_upgrade_uninstall_on_the_real_node(
         for pv in ("dsexport-demo-lake", "dsexport-demo-exports"):
             client.CoreV1Api(api).delete_persistent_volume(pv)
         # the namespace's flows go while the operator runs: it removes its finalizers
-        wait_until(
-            lambda: (
-                demo_cluster.NAMESPACE not in [n.metadata.name for n in client.CoreV1Api(api).list_namespace().items]
-            ),
-            timeout=120,
-            what="the demo namespace to go",
-        )
+        _wait_namespace_gone(api, demo_cluster.NAMESPACE)
 
     # Uninstall: everything the chart made goes (the CRDs stay, as helm does with crds/, and so does user data).
     helm(control_plane, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "120s")

@@ -13,6 +13,7 @@ should look like (a window opening or closing, the next slot passing) and starts
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -231,8 +232,17 @@ def _webhook_server(webhook: Webhook, kube: Kube) -> kopf.WebhookServer:
 
 
 def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """kopf's own connection: the pod's service account, else the kubeconfig (``--kubeconfig`` sets KUBECONFIG)."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    """kopf's own connection: the pod's service account, else the kubeconfig (``--kubeconfig`` sets KUBECONFIG).
+
+    In a pod, the API server is where ``KUBERNETES_SERVICE_HOST``/``_PORT`` say, as client-go and the official
+    client find it: kopf's default is the name kubernetes.default.svc, which needs cluster DNS to resolve (and
+    fails where the pod has none, or while DNS is down), while the address always works.
+    """
+    found = kopf.login_with_service_account(**kwargs)
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if found is not None and host and port:
+        return dataclasses.replace(found, server=f"https://{f'[{host}]' if ':' in host else host}:{port}")
+    return found or kopf.login_with_kubeconfig(**kwargs)
 
 
 def _dataset_bodies(**kwargs: Any) -> dict[Any, Any]:

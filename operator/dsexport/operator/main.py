@@ -60,11 +60,12 @@ def run(
         webhook=webhook,
     )
     registry = handlers.build(options)
+    identity = leader.default_identity()
     elector = (
         leader.LeaderElector(
             leader.connect(kubeconfig),
             namespace=lease_namespace or leader.default_namespace(),
-            identity=leader.default_identity(),
+            identity=identity,
         )
         if leader_election
         else None
@@ -92,6 +93,9 @@ def run(
                     clusterwide=not namespaces,
                     namespaces=list(namespaces),
                     standalone=True,
+                    # kopf's default asks the password database for the user, which fails for a uid it lacks
+                    # (a pod's runAsUser); it is the same identity as the Lease's, for the logs.
+                    identity=identity,  # type: ignore[arg-type]  # kopf's NewType of str, not exported
                     stop_flag=stop,
                     ready_flag=kopf_ready,
                 )
