@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dsexport.operator.handlers import PodAddress, endpoint_slice, own_pod
+from dsexport.operator.handlers import PodAddress, endpoint_slice, own_pod, webhook_configuration
 
 POD = PodAddress(ip="10.244.3.7", name="dsexport-7c9-abcde", namespace="dsexport-system", uid="1234-uid")
 
@@ -35,3 +35,18 @@ def test_own_pod_needs_all_four_downward_api_variables(monkeypatch: pytest.Monke
     assert own_pod() == POD
     monkeypatch.delenv("DSEXPORT_POD_UID")
     assert own_pod() is None  # then the Service must select the operator's pods itself
+
+
+def test_the_configuration_routes_each_kind_to_its_handler_and_never_blocks_a_deletion() -> None:
+    found = webhook_configuration(service={"namespace": "ns", "name": "svc", "port": 443}, ca_bundle="Q0E=")
+    assert found["kind"] == "ValidatingWebhookConfiguration" and found["metadata"] == {"name": "dsexport.io"}
+    by_name = {w["name"]: w for w in found["webhooks"]}
+    assert set(by_name) == {"dataset-in-use.dsexport.io", "destination-in-use.dsexport.io"}
+    dataset = by_name["dataset-in-use.dsexport.io"]
+    # kopf serves each handler at /<handler id>
+    assert dataset["clientConfig"] == {
+        "service": {"namespace": "ns", "name": "svc", "port": 443, "path": "/dataset-in-use"},
+        "caBundle": "Q0E=",
+    }
+    assert dataset["rules"][0]["resources"] == ["datasets"] and dataset["rules"][0]["operations"] == ["DELETE"]
+    assert {w["failurePolicy"] for w in found["webhooks"]} == {"Ignore"}  # the in-use finalizer still holds it

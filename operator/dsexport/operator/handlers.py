@@ -15,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import functools
 import logging
 import os
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -186,21 +185,67 @@ operator stops, so deletions are then held by the finalizer instead of failing).
 
 
 class _ServiceWebhookServer(kopf.WebhookServer):
-    """kopf's server, announced to the API server as a Service (kopf itself announces a URL)."""
+    """kopf's server behind a Service, announced by the operator itself once it listens: its endpoint (this pod,
+    see ``endpoint_slice``) first, then the webhook configuration with this server's CA bundle."""
 
     def __init__(
-        self, *, service: tuple[str, str], service_port: int, announce: Callable[[], object] | None, **kwargs: Any
+        self, *, service: tuple[str, str], service_port: int, kube: Kube, pod: PodAddress | None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.service, self.service_port, self.announce = service, service_port, announce
+        self.service, self.service_port, self.kube, self.pod = service, service_port, kube, pod
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         async for config in super().__call__(fn):  # yielded once the server listens
-            if self.announce is not None:
-                await asyncio.to_thread(self.announce)
             namespace, name = self.service
-            ref = {"namespace": namespace, "name": name, "port": self.service_port, "path": self.path or ""}
-            yield {"service": ref, "caBundle": config.get("caBundle")}
+            if self.pod is not None:
+                slice_ = endpoint_slice(service=name, port=self.port or 9443, pod=self.pod)
+                await asyncio.to_thread(self.kube.ensure, slice_, namespace=namespace)
+            ref = {"namespace": namespace, "name": name, "port": self.service_port}
+            configuration = webhook_configuration(service=ref, ca_bundle=str(config.get("caBundle") or ""))
+            await asyncio.to_thread(self.kube.apply_cluster_scoped, configuration)
+            log.info("the webhook configuration %s calls Service %s/%s", WEBHOOK_CONFIGURATION, namespace, name)
+            yield config  # kopf manages no configuration in this mode: this goes nowhere
+
+
+IN_USE_PLURALS: Final = ("datasets", "destinations")
+
+
+def webhook_configuration(*, service: Mapping[str, Any], ca_bundle: str) -> dict[str, Any]:
+    """The ValidatingWebhookConfiguration that refuses deleting a Dataset or Destination in use.
+
+    In a cluster the operator writes it itself rather than in kopf's managed mode, which manages a
+    MutatingWebhookConfiguration of the same name too, whatever the handlers: that needs the right to create
+    mutating webhooks cluster-wide, which an operator that only validates deletions should not hold. The chart
+    creates the object; the leader applies its webhooks (RBAC: patch on that one name). A Service in front of
+    this path answers for each handler at ``/<handler id>``, as kopf routes them.
+    """
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK_CONFIGURATION},
+        "webhooks": [
+            {
+                "name": f"{plural[:-1]}-in-use.{WEBHOOK_CONFIGURATION}",
+                "clientConfig": {"service": {**service, "path": f"/{plural[:-1]}-in-use"}, "caBundle": ca_bundle},
+                "rules": [
+                    {
+                        "apiGroups": [api.GROUP],
+                        "apiVersions": [api.VERSION],
+                        "operations": ["DELETE"],
+                        "resources": [plural],
+                        "scope": "*",
+                    }
+                ],
+                # Not reachable (a leader hand-over): the deletion goes on, held by the in-use finalizer.
+                "failurePolicy": "Ignore",
+                "sideEffects": "None",
+                "matchPolicy": "Equivalent",
+                "timeoutSeconds": 10,
+                "admissionReviewVersions": ["v1"],
+            }
+            for plural in IN_USE_PLURALS
+        ],
+    }
 
 
 def _webhook_server(webhook: Webhook, kube: Kube) -> kopf.WebhookServer:
@@ -212,18 +257,11 @@ def _webhook_server(webhook: Webhook, kube: Kube) -> kopf.WebhookServer:
     cert = tls.self_signed(names=names)
     files = {"certfile": str(cert.cert_file), "pkeyfile": str(cert.key_file), "cadata": cert.pem}
     if webhook.service is not None:
-        pod, (namespace, name) = webhook.pod, webhook.service
-        announce = (
-            None
-            if pod is None
-            else functools.partial(
-                kube.ensure, endpoint_slice(service=name, port=webhook.port, pod=pod), namespace=namespace
-            )
-        )
         return _ServiceWebhookServer(
             service=webhook.service,
             service_port=webhook.service_port,
-            announce=announce,
+            kube=kube,
+            pod=webhook.pod,
             addr=webhook.address,
             port=webhook.port,
             **files,
@@ -628,10 +666,11 @@ def build(options: Options) -> kopf.OperatorRegistry:
         def admission(**kwargs: Any) -> None:
             settings: kopf.OperatorSettings = kwargs["settings"]
             settings.admission.server = _webhook_server(webhook, kube)
-            settings.admission.managed = WEBHOOK_CONFIGURATION
+            if webhook.service is None:  # on a developer's machine; in a cluster the server announces itself
+                settings.admission.managed = WEBHOOK_CONFIGURATION
 
         kopf.on.startup(registry=registry)(admission)
-        for plural in ("datasets", "destinations"):
+        for plural in IN_USE_PLURALS:
             kopf.on.validate(
                 group,
                 version_,

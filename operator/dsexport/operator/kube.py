@@ -189,6 +189,13 @@ class Kube:
         log.info("applied %s/%s", obj["kind"], name)
         return True
 
+    def apply_cluster_scoped(self, obj: Mapping[str, Any]) -> None:
+        """Server-side apply of a cluster-scoped object of a named API group (written rarely: once per leader)."""
+        path = f"/apis/{obj['apiVersion']}/{str(obj['kind']).lower()}s/{obj['metadata']['name']}"
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+        self._request("PATCH", path, body=dict(obj), query=query, content_type="application/apply-patch+yaml")
+        self.writes += 1
+
     def _remember(self, key: tuple[str, str, str], obj: Mapping[str, Any], wanted: str) -> None:
         until = time.monotonic() + RESYNC_SECONDS * random.uniform(0.75, 1.0)  # noqa: S311 - spreads the reads
         with self._lock:
