@@ -49,3 +49,23 @@ def test_models_still_check_their_cel_rules_without_the_shell() -> None:
 
     assert cel._program("self.a > 1").execute({"self": {"a": 2}}) is True
     assert cel._program("self.a > 1").execute({"self": {"a": 0}}) is False
+
+
+def test_cel_loads_once_when_threads_validate_at_once_and_the_package_can_still_be_imported() -> None:
+    """Its initialisation panics when run twice (it installs a logger): the operator validates from many threads."""
+    code = """
+import threading
+from dsexport.api import cel
+start = threading.Barrier(16)
+def first() -> None:
+    start.wait()
+    assert cel._program("self.a > 1").execute({"self": {"a": 2}}) is True
+threads = [threading.Thread(target=first) for _ in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+import cel as package  # the whole package afterwards: it finds the module already loaded
+assert package.compile("1 + 1 == 2").execute({}) is True
+print("ok")
+"""
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert ran.stdout.strip() == "ok" and "Panic" not in ran.stderr, ran.stderr[-2000:]
