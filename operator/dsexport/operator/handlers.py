@@ -197,13 +197,17 @@ class _ServiceWebhookServer(kopf.WebhookServer):
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         async for config in super().__call__(fn):  # yielded once the server listens
             namespace, name = self.service
-            if self.pod is not None:
-                slice_ = endpoint_slice(service=name, port=self.port or 9443, pod=self.pod)
-                await asyncio.to_thread(self.kube.ensure, slice_, namespace=namespace)
             ref = {"namespace": namespace, "name": name, "port": self.service_port}
             configuration = webhook_configuration(service=ref, ca_bundle=str(config.get("caBundle") or ""))
-            await asyncio.to_thread(self.kube.apply_cluster_scoped, configuration)
-            log.info("the webhook configuration %s calls Service %s/%s", WEBHOOK_CONFIGURATION, namespace, name)
+            try:
+                if self.pod is not None:
+                    slice_ = endpoint_slice(service=name, port=self.port or 9443, pod=self.pod)
+                    await asyncio.to_thread(self.kube.ensure, slice_, namespace=namespace)
+                await asyncio.to_thread(self.kube.apply_cluster_scoped, configuration)
+            except Exception:  # not worth stopping the operator: the in-use finalizer still holds deletions
+                log.exception("could not announce the webhook (deletions in use are held by the finalizer instead)")
+            else:
+                log.info("the webhook configuration %s calls Service %s/%s", WEBHOOK_CONFIGURATION, namespace, name)
             yield config  # kopf manages no configuration in this mode: this goes nowhere
 
 
