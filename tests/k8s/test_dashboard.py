@@ -43,7 +43,7 @@ from tests.k8s.test_operator import (
     _wait_flow,
 )
 from tests.servers import ProcessServer, Target, free_port, seaweed, wait_until
-from tests.servers.operator import operator_argv
+from tests.servers.operator import local_operator
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 EXPORT = "daily"  # the DatasetExport of test_operator._manifests
@@ -103,18 +103,11 @@ def operator(
     """``dsexport operator`` on this machine, as in test_operator, keeping its metrics port for Prometheus."""
     assert cluster.node is not None
     port = free_port()
-    workdir = tmp_path_factory.mktemp("operator-dashboard")
-    server = ProcessServer(
-        name="dsexport-operator",
-        argv=operator_argv(
-            kubeconfig=kubeconfig,
-            image=cluster.node.image,
-            metrics_port=port,
-            more=("--webhook-address", f"127.0.0.1:{free_port()}"),
-        ),
-        log=workdir / "operator.log",
-        ready=lambda: _get(port, "/readyz")[0] == 200,
-        cwd=workdir,
+    server = local_operator(
+        kubeconfig=kubeconfig,
+        image=cluster.node.image,
+        metrics_port=port,
+        workdir=tmp_path_factory.mktemp("operator-dashboard"),
     )
     server.start()
     yield Operator(server=server, metrics_port=port)

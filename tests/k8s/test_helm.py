@@ -212,6 +212,13 @@ def _wait_namespace_gone(api: client.ApiClient, name: str) -> None:
         raise TimeoutError(f"{e}: {[c.message for c in left.conditions or []]}; pods {pods}") from None
 
 
+def _run_now(custom: client.CustomObjectsApi, value: str) -> None:
+    body = {"metadata": {"annotations": {"dsexport.io/run-now": value}}}
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, demo_cluster.NAMESPACE, "datasetexports", demo_cluster.FLOW, body
+    )
+
+
 def _leader(api: client.ApiClient) -> str:
     lease = client.CoordinationV1Api(api).read_namespaced_lease("dsexport-operator", NAMESPACE)
     return str(lease.spec.holder_identity or "")
@@ -270,14 +277,7 @@ def test_install_export_upgrade_uninstall_on_the_real_node(
     demo_cluster.apply(api, demo_cluster.documents(lake=lake, exports=exports))
     custom = client.CustomObjectsApi(api)
     try:
-        custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            demo_cluster.NAMESPACE,
-            "datasetexports",
-            demo_cluster.FLOW,
-            {"metadata": {"annotations": {"dsexport.io/run-now": "helm"}}},
-        )
+        _run_now(custom, "helm")
         flow = demo_cluster.wait_recorded(api, timeout=240)
         assert flow["status"]["lastExport"]["result"] == "Succeeded"
         assert flow["status"]["lastExport"]["records"] == rows
@@ -322,14 +322,7 @@ def test_install_export_upgrade_uninstall_on_the_real_node(
         )
 
         # Still working after the upgrade: a second run exports nothing new and says so.
-        custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            demo_cluster.NAMESPACE,
-            "datasetexports",
-            demo_cluster.FLOW,
-            {"metadata": {"annotations": {"dsexport.io/run-now": "helm-upgraded"}}},
-        )
+        _run_now(custom, "helm-upgraded")
 
         def second_run_recorded() -> bool:
             got = custom.get_namespaced_custom_object(

@@ -30,7 +30,7 @@ from tests.cluster.cluster import Cluster
 from tests.helpers import START, assert_only_committed_files, committed, read_committed_ids
 from tests.k8s.conftest import create_namespace
 from tests.servers import SECRET_NAME, ProcessServer, Target, free_port, seaweed, wait_until
-from tests.servers.operator import operator_argv
+from tests.servers.operator import local_operator
 
 from dsexport.api import GROUP, VERSION
 from dsexport.operator import render
@@ -58,18 +58,8 @@ def operator(
     """``dsexport operator`` as a user starts it next to ``make cluster``, stopped by its pid afterwards."""
     assert cluster.node is not None
     port = free_port()
-    workdir = tmp_path_factory.mktemp("operator")
-    server = ProcessServer(
-        name="dsexport-operator",
-        argv=operator_argv(
-            kubeconfig=kubeconfig,
-            image=cluster.node.image,
-            metrics_port=port,
-            more=("--webhook-address", f"127.0.0.1:{free_port()}"),
-        ),
-        log=workdir / "operator.log",
-        ready=lambda: _get(port, "/readyz")[0] == 200,
-        cwd=workdir,
+    server = local_operator(
+        kubeconfig=kubeconfig, image=cluster.node.image, metrics_port=port, workdir=tmp_path_factory.mktemp("operator")
     )
     server.start()
     yield server
