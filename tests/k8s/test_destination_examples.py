@@ -14,7 +14,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from tests.crd_cases import INVALID_SCHEMA
 from tests.k8s.conftest import create_namespace
-from tests.unit.test_destination_examples import FILES, documents
+from tests.unit.test_destination_example_models import FILES, documents
 
 from dsexport import api as models
 from dsexport.operator.kube import covers
