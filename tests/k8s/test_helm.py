@@ -231,6 +231,15 @@ def installed(
     """helm install of the chart, the operator running on the node in the real image; uninstalled at the end
     whatever happened (later tests run their own operator)."""
     assert cluster.node is not None
+    # An operator run outside the chart earlier in this session (test_dashboard's, on this machine) leaves the
+    # webhook configurations it made, which helm would refuse to adopt: docs/kubernetes.md tells users the same.
+    admission = client.AdmissionregistrationV1Api(api)
+    for delete in (admission.delete_validating_webhook_configuration, admission.delete_mutating_webhook_configuration):
+        try:
+            delete("dsexport.io")
+        except ApiException as e:
+            if e.status != 404:
+                raise
     client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
     repository, tag = cluster.node.image.rsplit(":", 1)
     values = ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never"]
