@@ -152,7 +152,7 @@ def test_a_pod_killed_at_a_random_moment_is_retried_and_the_export_stays_exact(
     cluster: Cluster, api: client.ApiClient, namespace: str, targets: dict[str, Target], tmp_path: Path
 ) -> None:
     target = targets["s3"]
-    lake = _lake(tmp_path, files=20, rows=20_000)
+    lake = _lake(tmp_path, files=30, rows=30_000)  # an export of a few seconds, so the kill lands inside it
     _deploy(api, namespace, tmp_path, target)
     client.BatchV1Api(api).create_namespaced_job(namespace, _job(cluster, lake, backoff=3))
 
@@ -161,7 +161,7 @@ def test_a_pod_killed_at_a_random_moment_is_retried_and_the_export_stays_exact(
 
     wait_until(lambda: bool(running()), timeout=60, what="the first exporter pod to run", interval=0.1)
     [first] = running()
-    time.sleep(random.uniform(0.0, 2.0))  # the moment of the kill, not a synchronisation
+    time.sleep(random.uniform(0.0, 1.0))  # the moment of the kill, not a synchronisation
     pids = _container_pids(cluster, first)
     assert pids, "the exporter finished before it could be killed: make the lake bigger"
     for pid in pids:

@@ -243,6 +243,8 @@ def installed(
     client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
     repository, tag = cluster.node.image.rsplit(":", 1)
     values = ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never"]
+    # Only the example's namespace: other tests of the session come and go in namespaces of their own.
+    values += ["--set", f"operator.namespaces={{{demo_cluster.NAMESPACE}}}"]
     try:
         out = helm(
             control_plane,

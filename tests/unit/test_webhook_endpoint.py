@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from dsexport.operator.handlers import PodAddress, endpoint_slice, own_pod, webhook_configuration
@@ -50,3 +52,22 @@ def test_the_configuration_routes_each_kind_to_its_handler_and_never_blocks_a_de
     }
     assert dataset["rules"][0]["resources"] == ["datasets"] and dataset["rules"][0]["operations"] == ["DELETE"]
     assert {w["failurePolicy"] for w in found["webhooks"]} == {"Ignore"}  # the in-use finalizer still holds it
+
+
+def test_a_write_refused_because_the_namespace_goes_ends_the_handler_quietly() -> None:
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - only this test needs it
+
+    from dsexport.operator.handlers import unless_namespace_goes  # noqa: PLC0415 - the subject
+
+    def refused(body: str) -> Callable[..., None]:
+        def handler(**_: object) -> None:
+            e = ApiException(status=403, reason="Forbidden")
+            e.body = body
+            raise e
+
+        return handler
+
+    terminating = '{"reason":"Forbidden","details":{"causes":[{"reason":"NamespaceTerminating"}]}}'
+    unless_namespace_goes(refused(terminating))(namespace="ns", name="flow")  # no exception
+    with pytest.raises(ApiException):  # any other refusal is a real one
+        unless_namespace_goes(refused('{"reason":"Forbidden"}'))(namespace="ns", name="flow")

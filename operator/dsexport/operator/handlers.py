@@ -15,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import os
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from dsexport import api
@@ -655,6 +657,25 @@ class _Handlers:
         self.metrics.set_destination(namespace=namespace, name=name, available=verdict.available)
 
 
+def unless_namespace_goes(handler: Callable[..., None]) -> Callable[..., None]:
+    """``handler``, for which a write refused because its namespace is being deleted ends the matter.
+
+    Deleting a namespace deletes what the operator made in it anyway; such a refusal (403, NamespaceTerminating)
+    is logged in one line, not as a failed handler with a traceback in every namespace deletion.
+    """
+
+    @functools.wraps(handler)
+    def quiet(**kwargs: Any) -> None:
+        try:
+            handler(**kwargs)
+        except ApiException as e:
+            if e.status != 403 or "NamespaceTerminating" not in str(e.body):
+                raise
+            log.info("namespace %s is being deleted: %s left as it is", kwargs.get("namespace"), kwargs.get("name"))
+
+    return quiet
+
+
 def build(options: Options) -> kopf.OperatorRegistry:
     """A registry with every handler, bound to one API connection."""
     registry = kopf.OperatorRegistry()
@@ -691,9 +712,9 @@ def build(options: Options) -> kopf.OperatorRegistry:
     kopf.index(group, version_, "destinations", registry=registry)(_destination_bodies)
     kopf.index(group, version_, flows, registry=registry)(_flow_refs)
     kopf.index("batch", "v1", "cronjobs", labels=MANAGED, registry=registry)(_cron_jobs)
-    kopf.on.event(group, version_, flows, registry=registry)(h.flow_event)
-    kopf.on.event(group, version_, "datasets", registry=registry)(h.dataset_event)
-    kopf.on.event(group, version_, "destinations", registry=registry)(h.destination_event)
-    kopf.on.event("batch", "v1", "cronjobs", labels=MANAGED, registry=registry)(h.cron_job_event)
-    kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)(h.job_event)
+    kopf.on.event(group, version_, flows, registry=registry)(unless_namespace_goes(h.flow_event))
+    kopf.on.event(group, version_, "datasets", registry=registry)(unless_namespace_goes(h.dataset_event))
+    kopf.on.event(group, version_, "destinations", registry=registry)(unless_namespace_goes(h.destination_event))
+    kopf.on.event("batch", "v1", "cronjobs", labels=MANAGED, registry=registry)(unless_namespace_goes(h.cron_job_event))
+    kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)(unless_namespace_goes(h.job_event))
     return registry
