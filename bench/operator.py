@@ -529,7 +529,7 @@ def _client(event: Mapping[str, Any]) -> str:
     if user == ADMIN:
         if agent.startswith("kopf/"):
             return "operator: kopf"
-        if agent.startswith("OpenAPI-Generator"):
+        if agent.startswith("dsexport/"):
             return "operator: handlers"
         return f"admin ({agent or 'no user agent'})"
     if user == "system:kube-controller-manager":

@@ -237,7 +237,7 @@ def test_one_replica_acts_and_the_other_takes_over_within_30_s(
             {
                 "spec": {
                     "holderIdentity": "intruder",
-                    "renewTime": leader.write_time(dt.datetime.now(dt.UTC)),
+                    "renewTime": leader.format_time(dt.datetime.now(dt.UTC)),
                     "leaseDurationSeconds": 60,
                 }
             },

@@ -36,6 +36,17 @@ def test_importing_does_not_load_the_exporter(modules: str) -> None:
     assert loaded == []
 
 
+def test_the_operator_and_the_pods_report_run_without_the_official_kubernetes_client() -> None:
+    """``dsexport operator`` hides the client from kopf (about 45 MiB); nothing of ours may need it there."""
+    code = (
+        "import sys; sys.modules['kubernetes'] = None; "
+        "import dsexport.cli.commands, dsexport.operator.main, dsexport.operator.handlers, dsexport.operator.report; "
+        "print(sorted(m for m, v in sys.modules.items() if m.startswith('kubernetes') and v is not None))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
+
+
 def test_the_engine_still_exports_its_names_lazily() -> None:
     from dsexport import engine  # noqa: PLC0415 - the lazy attributes are the subject
 

@@ -4,15 +4,16 @@ the CronJobs' pod template (podLabels), and nowhere else, so changing it rewrite
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from kubernetes import client
 from tests.unit.test_render import UID, cron_jobs, dataset, dataset_export, destination
 
 from dsexport.api import DatasetExport
 from dsexport.operator import desired, kube, render
+from dsexport.operator.apiserver import ApiServer
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 IRSA = {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/dsexport-marketing-daily"}
@@ -141,7 +142,7 @@ class _RecordingKube(kube.Kube):
     """Kube with the API server replaced by a recorder: an apply answers with the object as applied."""
 
     def __init__(self) -> None:
-        super().__init__(client.ApiClient())
+        super().__init__(ApiServer(server="https://127.0.0.1:1", context=ssl.create_default_context()))
         self.requests: list[tuple[str, str, Any]] = []
 
     def _request(

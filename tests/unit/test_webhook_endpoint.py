@@ -55,19 +55,15 @@ def test_the_configuration_routes_each_kind_to_its_handler_and_never_blocks_a_de
 
 
 def test_a_write_refused_because_the_namespace_goes_ends_the_handler_quietly() -> None:
-    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - only this test needs it
-
+    from dsexport.operator.apiserver import ApiError  # noqa: PLC0415 - only this test needs it
     from dsexport.operator.handlers import unless_namespace_goes  # noqa: PLC0415 - the subject
 
-    def refused(body: str) -> Callable[..., None]:
+    def refused(*causes: str) -> Callable[..., None]:
         def handler(**_: object) -> None:
-            e = ApiException(status=403, reason="Forbidden")
-            e.body = body
-            raise e
+            raise ApiError(status=403, reason="Forbidden", causes=causes)
 
         return handler
 
-    terminating = '{"reason":"Forbidden","details":{"causes":[{"reason":"NamespaceTerminating"}]}}'
-    unless_namespace_goes(refused(terminating))(namespace="ns", name="flow")  # no exception
-    with pytest.raises(ApiException):  # any other refusal is a real one
-        unless_namespace_goes(refused('{"reason":"Forbidden"}'))(namespace="ns", name="flow")
+    unless_namespace_goes(refused("NamespaceTerminating"))(namespace="ns", name="flow")  # no exception
+    with pytest.raises(ApiError):  # any other refusal is a real one
+        unless_namespace_goes(refused())(namespace="ns", name="flow")

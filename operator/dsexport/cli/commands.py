@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -363,8 +364,12 @@ def operator(
     webhook_service: str | None = None,
 ) -> None:
     """Run the operator: reconcile Datasets, Destinations and DatasetExports into CronJobs until stopped."""
+    # kopf imports the official Kubernetes client whenever it is installed (for adapters the operator does not
+    # use): about 45 MiB of generated models in a process that talks to the API server through its own small
+    # client, dsexport.operator.apiserver. A None entry makes that import fail the way kopf expects.
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     from dsexport.operator.handlers import Webhook, own_pod  # noqa: PLC0415 - kopf loads only for this command
-    from dsexport.operator.leader import LeadershipLostError  # noqa: PLC0415 - loads the Kubernetes client
+    from dsexport.operator.leader import LeadershipLostError  # noqa: PLC0415 - kopf loads only for this command
     from dsexport.operator.main import run as run_operator  # noqa: PLC0415 - kopf loads only for this command
 
     webhook = None

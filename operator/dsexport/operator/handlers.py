@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from dsexport import api
 from dsexport.operator import checks, desired, render, tls
+from dsexport.operator.apiserver import ApiError
 from dsexport.operator.kube import Kube, version
 from dsexport.operator.metrics import Metrics
 from dsexport.operator.reconcile import RESET, RUN_NOW, DestinationReconciler, Event, Outcome, Reconciler
@@ -668,8 +668,8 @@ def unless_namespace_goes(handler: Callable[..., None]) -> Callable[..., None]:
     def quiet(**kwargs: Any) -> None:
         try:
             handler(**kwargs)
-        except ApiException as e:
-            if e.status != 403 or "NamespaceTerminating" not in str(e.body):
+        except ApiError as e:
+            if e.status != 403 or "NamespaceTerminating" not in e.causes:
                 raise
             log.info("namespace %s is being deleted: %s left as it is", kwargs.get("namespace"), kwargs.get("name"))
 

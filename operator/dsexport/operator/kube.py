@@ -5,7 +5,7 @@ something it renders differs from what is there, and reads it only when it canno
 checked is remembered with its version and the digest of what was rendered, so a flow reconciled again with
 nothing changed costs no request at all. ``update_status`` writes a status only when it changed, conditional on
 the resourceVersion it read (or was given), and retries the whole read-modify-write on a conflict. kopf watches
-and schedules; this module talks to the API server with the official client.
+and schedules; this module talks to the API server through ``apiserver``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel
 from urllib3.exceptions import HTTPError
 
 from dsexport import api
+from dsexport.operator import apiserver
+from dsexport.operator.apiserver import ApiError, ApiServer
 from dsexport.operator.render import LABEL_EXPORT
 
 FIELD_MANAGER: Final = "dsexport-operator"
@@ -36,6 +36,7 @@ CONFLICT_RETRIES: Final = 8
 RESYNC_SECONDS: Final = 3600.0
 """How long an object the operator does not watch is trusted to be as it was applied or read; after that the next
 reconciliation reads it again (so an edit or deletion by hand is repaired within about this long)."""
+MERGE_PATCH: Final = "application/merge-patch+json"
 UNWATCHED: Final = "unwatched"
 """``ensure``'s ``seen`` when no watch reports the object's version (``None``: the watch knows it is absent)."""
 
@@ -76,6 +77,11 @@ def object_path(*, api_version: str, kind: str, namespace: str, name: str) -> st
     return f"{prefix}/namespaces/{namespace}/{kind.lower()}s/{name}"
 
 
+def custom_path(*, plural: str, namespace: str, name: str) -> str:
+    """The REST path of a dsexport.io object."""
+    return f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{plural}/{name}"
+
+
 def digest(obj: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
 
@@ -99,11 +105,8 @@ class _Known:
 class Kube:
     """One connection to the API server, shared by all handlers (the client is thread-safe)."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
-        self.api_client = api_client
-        self.custom = client.CustomObjectsApi(api_client)
-        self.batch = client.BatchV1Api(api_client)
-        self.core = client.CoreV1Api(api_client)
+    def __init__(self, server: ApiServer) -> None:
+        self.server = server
         self.writes = 0
         self._known: dict[tuple[str, str, str], _Known] = {}
         self._owned: dict[tuple[str, str | None], set[tuple[str, str, str]]] = {}  # (namespace, flow): keys
@@ -111,14 +114,7 @@ class Kube:
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None) -> Kube:
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig)
-        else:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-        return cls(client.ApiClient())
+        return cls(apiserver.connect(kubeconfig))
 
     def _request(
         self,
@@ -129,24 +125,13 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any] | None:
-        """One request, its reply parsed as plain JSON; None for 404. Not the dynamic client: its discovery
-        cache (about 12 MiB) and its reply objects (converted back to dicts) cost more memory than the objects."""
-        request = self.api_client.param_serialize(
-            method,
-            path,
-            query_params=query or [],
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self.api_client.call_api(*request)
-        data = response.read()
-        if response.status == 404:
-            return None
-        if not 200 <= response.status <= 299:
-            raise ApiException(http_resp=response)
-        found: dict[str, Any] = json.loads(data) if data else {}
-        return found
+        """One request, its reply parsed as plain JSON; None for 404."""
+        try:
+            return self.server.request(method, path, body=body, query=query or [], content_type=content_type)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
 
     def ensure(self, obj: Mapping[str, Any], *, namespace: str, seen: str | None = UNWATCHED) -> bool:
         """Make ``obj`` exist as rendered; True when that took a write request.
@@ -183,7 +168,7 @@ class Kube:
             content_type="application/apply-patch+yaml",  # JSON is YAML
         )
         if applied is None:  # the namespace is going away
-            raise ApiException(status=404, reason=f"{obj['kind']} {name}: not found while applying it")
+            raise ApiError(status=404, reason="NotFound", message=f"{obj['kind']} {name}: not found while applying it")
         self.writes += 1
         self._remember(key, applied, wanted)
         log.info("applied %s/%s", obj["kind"], name)
@@ -231,20 +216,21 @@ class Kube:
 
     def terminations(self, *, namespace: str, job: str) -> dict[str, str]:
         """The termination message of each of ``job``'s pods that ended with one (pod name: message)."""
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job}")
+        selector = [("labelSelector", f"batch.kubernetes.io/job-name={job}")]
+        pods = self._request("GET", f"/api/v1/namespaces/{namespace}/pods", query=selector)
         found: dict[str, str] = {}
-        for pod in pods.items:
-            for status in pod.status.container_statuses or []:
-                terminated = status.state.terminated if status.state else None
-                if terminated is not None and terminated.message:
-                    found[pod.metadata.name] = terminated.message
+        for pod in (pods or {}).get("items") or []:
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                message = ((status.get("state") or {}).get("terminated") or {}).get("message")
+                if isinstance(message, str) and message:
+                    found[pod["metadata"]["name"]] = message
         return found
 
     def create_job(self, job: Mapping[str, Any], *, namespace: str) -> bool:
         """Create ``job``; False when a Job of that name exists already (this value was acted on before)."""
         try:
-            self.batch.create_namespaced_job(namespace=namespace, body=dict(job))
-        except ApiException as e:
+            self.server.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", body=dict(job))
+        except ApiError as e:
             if e.status == 409:
                 return False
             raise
@@ -252,20 +238,11 @@ class Kube:
         return True
 
     def get_custom(self, *, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            found: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, plural, name
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return found
+        return self._request("GET", custom_path(plural=plural, namespace=namespace, name=name))
 
     def patch_custom(self, *, plural: str, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        patched: dict[str, Any] = self.custom.patch_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, plural, name, dict(patch), _content_type="application/merge-patch+json"
-        )
+        path = custom_path(plural=plural, namespace=namespace, name=name)
+        patched = self.server.request("PATCH", path, body=dict(patch), content_type=MERGE_PATCH)
         self.writes += 1
         return patched
 
@@ -303,10 +280,9 @@ class Kube:
                 "status": merge_patch(raw, after),
             }
             try:
-                self.custom.patch_namespaced_custom_object_status(
-                    api.GROUP, api.VERSION, namespace, plural, name, body, _content_type="application/merge-patch+json"
-                )
-            except ApiException as e:
+                path = custom_path(plural=plural, namespace=namespace, name=name) + "/status"
+                self.server.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+            except ApiError as e:
                 if e.status == 409:
                     continue
                 if e.status == 404:
@@ -331,7 +307,7 @@ class Kube:
             patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
             try:
                 return self.patch_custom(plural=plural, namespace=meta["namespace"], name=meta["name"], patch=patch)
-            except ApiException as e:
+            except ApiError as e:
                 if e.status == 404:
                     return None
                 if e.status != 409:
@@ -346,16 +322,9 @@ class Kube:
         """Merge ``status`` into a dsexport.io object's status, unconditionally: for fields only this operator
         writes. False when the object is gone."""
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                api.GROUP,
-                api.VERSION,
-                namespace,
-                plural,
-                name,
-                {"status": dict(status)},
-                _content_type="application/merge-patch+json",
-            )
-        except ApiException as e:
+            path = custom_path(plural=plural, namespace=namespace, name=name) + "/status"
+            self.server.request("PATCH", path, body={"status": dict(status)}, content_type=MERGE_PATCH)
+        except ApiError as e:
             if e.status == 404:
                 return False
             raise
@@ -387,8 +356,8 @@ class Kube:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)
-        except (ApiException, HTTPError) as e:
+            self.server.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=body)
+        except (ApiError, HTTPError) as e:
             log.warning("could not post Event %s on %s %s: %s", reason, involved.get("kind"), meta["name"], e)
             return
         self.writes += 1

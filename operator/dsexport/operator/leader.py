@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import enum
-import json
 import logging
 import os
 import random
@@ -44,8 +43,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from dsexport.operator import apiserver
+from dsexport.operator.apiserver import ApiError, ApiServer
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,6 @@ POD_NAMESPACE_ENV: Final = "DSEXPORT_POD_NAMESPACE"
 SERVICE_ACCOUNT_NAMESPACE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 _CONFLICT: Final = 409
-_NOT_FOUND: Final = 404
 _EXPIRY_MARGIN: Final = 0.1
 """Seconds past a Lease's expiry at which a standby reads it again (expired means strictly after the expiry)."""
 
@@ -111,16 +109,6 @@ def parse_time(value: object) -> dt.datetime | None:
 def format_time(value: dt.datetime) -> str:
     """A MicroTime as the API server writes it: UTC, six fractional digits, ``Z``."""
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def write_time(value: dt.datetime) -> str:
-    """``format_time`` of a time to send, moved off a whole second by one microsecond.
-
-    The kubernetes client (35 and later) validates a body into its model and writes its times back with
-    ``datetime.isoformat``, which leaves out a zero fraction; the API server parses a MicroTime with exactly six
-    fractional digits and would refuse that write (one in a million, but then every renewal of that Lease).
-    """
-    return format_time(value if value.microsecond else value + dt.timedelta(microseconds=1))
 
 
 def expires_at(spec: Mapping[str, Any], *, default_duration: int = 15) -> dt.datetime | None:
@@ -185,19 +173,11 @@ def default_namespace() -> str:
     return "default"
 
 
-def connect(kubeconfig: str | None) -> Any:
-    """An ``ApiClient`` of the election's own, found the way the operator finds its connection (``kubeconfig``,
-    else the pod's service account, else the user's kubeconfig). Its own so that urllib3 does not retry: the renew
+def connect(kubeconfig: str | None) -> ApiServer:
+    """A connection of the election's own, found the way the operator finds its connection (``kubeconfig``, else
+    the pod's service account, else the user's kubeconfig). Its own so that urllib3 does not retry: the renew
     loop retries, and must not sit in hidden retries past its deadline."""
-    configuration = client.Configuration()
-    configuration.retries = False
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig, client_configuration=configuration)
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        return config.new_client_from_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
+    return apiserver.connect(kubeconfig, retries=False)
 
 
 class LeaderElector:
@@ -210,7 +190,7 @@ class LeaderElector:
 
     def __init__(
         self,
-        api_client: Any,
+        server: ApiServer,
         *,
         namespace: str,
         identity: str,
@@ -222,7 +202,7 @@ class LeaderElector:
         self.name = name
         self.identity = identity
         self.timings = timings or Timings()
-        self._api = client.CoordinationV1Api(api_client)
+        self._server = server
         self._clock = clock
         self._leader = threading.Event()
         self._lost = threading.Event()
@@ -231,6 +211,21 @@ class LeaderElector:
         self._thread: threading.Thread | None = None
         self._seen: dict[str, Any] | None = None  # the Lease's spec as last read
         self._last_holder: object = None
+
+    def _path(self, name: str = "") -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases" + (f"/{name}" if name else "")
+
+    def _read(self) -> dict[str, Any] | None:
+        """The Lease without its managedFields (the API server keeps them when a write has none), None if absent."""
+        lease = self._server.get(self._path(self.name), timeout=self.timings.request_timeout)
+        if lease is None:
+            return None
+        metadata = {k: v for k, v in (lease.get("metadata") or {}).items() if k != "managedFields"}
+        return {**lease, "metadata": metadata}
+
+    def _replace(self, lease: Mapping[str, Any]) -> None:
+        """Write ``lease`` back, conditional on the resourceVersion it carries (409 if someone wrote in between)."""
+        self._server.request("PUT", self._path(self.name), body=dict(lease), timeout=self.timings.request_timeout)
 
     @property
     def is_leader(self) -> bool:
@@ -252,16 +247,7 @@ class LeaderElector:
         """
         started = time.monotonic()
         timeout = self.timings.request_timeout
-        lease: dict[str, Any] | None
-        try:
-            response = self._api.read_namespaced_lease(
-                self.name, self.namespace, _request_timeout=timeout, _preload_content=False
-            )
-            lease = _without_managed_fields(json.loads(response.data))
-        except ApiException as e:
-            if e.status != _NOT_FOUND:
-                raise
-            lease = None
+        lease = self._read()
         now = self._clock()
         spec: dict[str, Any] | None = None if lease is None else dict(lease.get("spec") or {})
         decision = decide(spec=spec, now=now, identity=self.identity, default_duration=self.timings.lease_duration)
@@ -270,7 +256,7 @@ class LeaderElector:
             if not renew_only:
                 self._note_holder(spec)
             return False
-        stamp = write_time(now)
+        stamp = format_time(now)
         new_spec = {
             **(spec or {}),
             "holderIdentity": self.identity,
@@ -292,15 +278,10 @@ class LeaderElector:
                     },
                     "spec": new_spec,
                 }
-                self._api.create_namespaced_lease(self.namespace, body, _request_timeout=timeout)
+                self._server.request("POST", self._path(), body=body, timeout=timeout)
             else:
-                self._api.replace_namespaced_lease(
-                    self.name,
-                    self.namespace,
-                    {**lease, "spec": new_spec},
-                    _request_timeout=timeout,
-                )
-        except ApiException as e:
+                self._replace({**lease, "spec": new_spec})
+        except ApiError as e:
             # A contender that loses the race lets the winner have it; a holder reads again before it gives up
             # (the write in between may have been anyone's, e.g. a label).
             if e.status == _CONFLICT and not renew_only:
@@ -361,20 +342,12 @@ class LeaderElector:
         self._leader.clear()
         # Read even when acquire() did not return True: a signal may have ended it just after its write succeeded.
         try:
-            response = self._api.read_namespaced_lease(
-                self.name, self.namespace, _request_timeout=self.timings.request_timeout, _preload_content=False
-            )
-            lease = _without_managed_fields(json.loads(response.data))
-            spec = dict(lease.get("spec") or {})
-            if spec.get("holderIdentity") != self.identity:
+            lease = self._read()
+            spec = dict((lease or {}).get("spec") or {})
+            if lease is None or spec.get("holderIdentity") != self.identity:
                 return
-            spec.update(holderIdentity=None, renewTime=write_time(self._clock()))
-            self._api.replace_namespaced_lease(
-                self.name,
-                self.namespace,
-                {**lease, "spec": spec},
-                _request_timeout=self.timings.request_timeout,
-            )
+            spec.update(holderIdentity=None, renewTime=format_time(self._clock()))
+            self._replace({**lease, "spec": spec})
             log.info("released Lease %s/%s", self.namespace, self.name)
         except Exception as e:  # best effort: the Lease expires anyway
             log.warning("could not release Lease %s/%s (it expires by itself): %s", self.namespace, self.name, e)
@@ -439,14 +412,8 @@ class LeaderElector:
                 log.info("standing by: Lease %s/%s is held by %s", self.namespace, self.name, holder)
 
 
-def _without_managed_fields(lease: dict[str, Any]) -> dict[str, Any]:
-    """The Lease to write back: its managedFields left out (the API server keeps them when a write has none)."""
-    metadata = {k: v for k, v in (lease.get("metadata") or {}).items() if k != "managedFields"}
-    return {**lease, "metadata": metadata}
-
-
 def _short(error: Exception) -> str:
-    """One line for the log: an ApiException's status and reason, not its headers and body."""
-    if isinstance(error, ApiException):
+    """One line for the log: an API error's status and reason, not its body."""
+    if isinstance(error, ApiError):
         return f"{error.status} {error.reason}"
     return f"{type(error).__name__}: {error}"

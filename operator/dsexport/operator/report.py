@@ -8,16 +8,16 @@ result into the totals when the Job finishes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Final
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
+from urllib3.exceptions import HTTPError
 
-from dsexport import api
+from dsexport.operator import apiserver
+from dsexport.operator.apiserver import ApiError
+from dsexport.operator.kube import MERGE_PATCH, custom_path
 from dsexport.operator.pods import NAMESPACE_ENV, POD_NAME_ENV
 
 REPORT_SECONDS: Final = 60
@@ -30,16 +30,7 @@ class ReportError(Exception):
 
 
 def _transient(error: BaseException) -> bool:
-    return not isinstance(error, ApiException) or error.status in (409, 429) or error.status >= 500
-
-
-def _server_message(error: ApiException) -> str:
-    """The API server's own explanation (a Status object's message), which names no secret."""
-    try:
-        message = json.loads(error.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        return ""
-    return f" ({message})" if isinstance(message, str) and message else ""
+    return not isinstance(error, ApiError) or error.status in (409, 429) or error.status >= 500
 
 
 def report_result(*, dataset_export: str, result_json: str) -> None:
@@ -48,10 +39,10 @@ def report_result(*, dataset_export: str, result_json: str) -> None:
     if not pod or not namespace:
         raise ReportError(f"--report-status needs {POD_NAME_ENV} and {NAMESPACE_ENV} (set in the exporter pod)")
     try:
-        config.load_incluster_config()
-    except config.ConfigException as e:
+        server = apiserver.in_cluster()
+    except apiserver.ConfigError as e:
         raise ReportError(f"--report-status runs only in a pod with a service account token: {e}") from None
-    custom = client.CustomObjectsApi(client.ApiClient())
+    path = custom_path(plural="datasetexports", namespace=namespace, name=dataset_export) + "/status"
     body = {"status": {"pendingResults": {pod: result_json}}}
 
     @retry(
@@ -61,22 +52,11 @@ def report_result(*, dataset_export: str, result_json: str) -> None:
         reraise=True,
     )
     def patch() -> None:
-        custom.patch_namespaced_custom_object_status(
-            api.GROUP,
-            api.VERSION,
-            namespace,
-            "datasetexports",
-            dataset_export,
-            body,
-            _content_type="application/merge-patch+json",
-        )
+        server.request("PATCH", path, body=body, content_type=MERGE_PATCH)
 
     try:
         patch()
-    except ApiException as e:
-        raise ReportError(
-            f"cannot record the result in DatasetExport {namespace}/{dataset_export}: HTTP {e.status} {e.reason}"
-            f"{_server_message(e)}"
-        ) from None
-    except OSError as e:
+    except ApiError as e:
+        raise ReportError(f"cannot record the result in DatasetExport {namespace}/{dataset_export}: {e}") from None
+    except (OSError, HTTPError) as e:
         raise ReportError(f"cannot reach the API server to record the result: {e}") from None
