@@ -91,7 +91,6 @@ MAX_RSS_MIB: Final = 250.0
 MAX_IDLE_WRITES: Final = 0
 
 SECTION_TITLE: Final = "## Operator at scale"
-BEGIN, END = "<!-- operator:begin -->", "<!-- operator:end -->"
 
 # Every request once, when it completed (a watch: when it ended), with who made it; no bodies.
 AUDIT_POLICY: Final = {
@@ -1031,16 +1030,6 @@ def subprocess_version() -> str:
     return out.stdout.strip()
 
 
-def write_docs(markdown: str) -> str:
-    """Replace the section between the operator markers at the end of docs/benchmarks.md (or append it)."""
-    page = report.DOCS.read_text() if report.DOCS.exists() else report.TITLE + "\n"
-    start, stop = page.find(BEGIN), page.find(END)
-    if 0 <= start < stop:
-        page = page[:start].rstrip("\n") + page[stop + len(END) :]
-    report.DOCS.write_text(page.rstrip("\n") + f"\n\n{BEGIN}\n{markdown.strip()}\n{END}\n")
-    return report.DOCS_NAME
-
-
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -1115,7 +1104,7 @@ def main(argv: Sequence[str]) -> int:
         if any(r.error for r in results):
             print("not writing the docs: a scenario failed", file=sys.stderr)
             return 1
-        print(f"wrote {write_docs(render_section(results, argv, seconds))}")
+        print(f"wrote {report.write_section('operator', render_section(results, argv, seconds))}")
     return 1 if any(r.error for r in results) else 0
 
 

@@ -1,9 +1,9 @@
 """docs/benchmarks.md, and the tables and facts that go into it: the only code that reads or writes that page.
 
-The page has two sections, each written by one benchmark and left as it is by the other: ``run`` (bench.run:
-from the title to its command) and, after it, ``upload`` (bench.upload), kept between
-``<!-- upload:begin -->`` and ``<!-- upload:end -->``. Each benchmark renders its markdown and calls
-``write_section``.
+The page has one section per benchmark, each written by it and left as it is by the others: ``run`` (bench.run:
+from the title to its command) and, after it, ``upload`` (bench.upload), ``listing`` (bench.listing) and
+``operator`` (bench.operator), each kept between markers such as ``<!-- upload:begin -->`` and
+``<!-- upload:end -->``. Each benchmark renders its markdown and calls ``write_section``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ if TYPE_CHECKING:  # bench.upload writes here too, without importing what bench.
 REPO = Path(__file__).resolve().parent.parent
 DOCS_NAME = "docs/benchmarks.md"
 DOCS = REPO / DOCS_NAME
-SECTIONS = ("run", "upload", "operator")  # in page order; all but the first between markers
+SECTIONS = ("run", "upload", "listing", "operator-history", "operator")
+"""In page order; all but the first between markers. ``operator-history`` is written by hand (repeated runs of
+bench.operator across changes); no benchmark rewrites it."""
 TITLE = "# Benchmarks"
 
 # ------------------------------------------------------------------------------------------------ the page

@@ -22,6 +22,7 @@ from dsexport.api import (
     DestinationSpec,
     Format,
     Incremental,
+    Partitioning,
     Schedule,
     ServiceAccount,
     Source,
@@ -102,6 +103,11 @@ def _with_column(strategy: str, column: str | None) -> dict[str, Any]:
     return edited(DATASET, "spec.incremental", incremental)
 
 
+def _partitioned(fmt: str, key: str | None = None) -> dict[str, Any]:
+    block = {"format": fmt} if key is None else {"key": key, "format": fmt}
+    return edited(DATASET, "spec.source.partitioning", block)
+
+
 INVALID = [
     pytest.param(
         Dataset,
@@ -174,6 +180,13 @@ INVALID = [
         edited(DESTINATION, "spec.s3.kmsKeyId", "alias/exports"),
         message(S3),
         id="kmsKeyId-without-aws-kms",
+    ),
+    pytest.param(Dataset, _partitioned("%Y-%j"), message(Partitioning, 0), id="partitioning-unknown-directive"),
+    pytest.param(Dataset, _partitioned("%Y-%d"), message(Partitioning, 1), id="partitioning-not-a-time-prefix"),
+    pytest.param(Dataset, _partitioned("%Y//%m"), message(Partitioning, 2), id="partitioning-empty-level"),
+    pytest.param(Dataset, _partitioned("%Y/_%m"), message(Partitioning, 3), id="partitioning-hidden-level"),
+    pytest.param(
+        Dataset, _partitioned("%Y/%m", key="date"), message(Partitioning, 4), id="partitioning-key-two-levels"
     ),
     pytest.param(Dataset, _with_column("column", None), message(Incremental, 0), id="column-strategy-no-column"),
     pytest.param(Dataset, _with_column("files", "updated_at"), message(Incremental, 1), id="column-with-files"),
@@ -306,6 +319,8 @@ INVALID_SCHEMA = [
 
 
 VALID = [
+    pytest.param(Dataset, _partitioned("%Y-%m-%d", key="date"), id="partitioning-hive"),
+    pytest.param(Dataset, _partitioned("year=%Y/month=%m/day=%d/hour=%H"), id="partitioning-folders"),
     pytest.param(Dataset, _with_column("column", "updated_at"), id="column-strategy-with-column"),
     pytest.param(Dataset, edited(DATASET, "spec.incremental", ...), id="incremental-defaulted"),
     pytest.param(

@@ -50,12 +50,14 @@ def sigkill_rounds(
     next_id: int,
     env: Mapping[str, str] | None = None,
     folder: str = "out",
+    rows_per_file: tuple[int, int] = (1_000, 15_000),
 ) -> None:
     """Append data, run, SIGKILL at a random moment within ``window``, retry, ..., then check every row.
 
-    Each round may append files, then runs the slot one to three times with a kill at a uniformly random moment,
-    then lets a run finish (the retry that succeeds). After every attempt no row may be committed twice; at the
-    end the committed rows must be exactly the source rows, and no uncommitted file may remain.
+    Each round may append files (``rows_per_file``: the fewest and most rows of one), then runs the slot one to
+    three times with a kill at a uniformly random moment, then lets a run finish (the retry that succeeds). After
+    every attempt no row may be committed twice; at the end the committed rows must be exactly the source rows,
+    and no uncommitted file may remain.
     """
     kills = 0
     for round_ in range(rounds):
@@ -63,7 +65,7 @@ def sigkill_rounds(
             next_id = sample.write_files(
                 src,
                 files=rng.randint(1, 2),
-                rows_per_file=rng.randint(1_000, 15_000),
+                rows_per_file=rng.randint(*rows_per_file),
                 seed=100 + round_,
                 start=START + dt.timedelta(days=round_ + 1),  # later cursors for the column strategy
                 id_offset=next_id,

@@ -93,6 +93,37 @@ def count_retries(monkeypatch: pytest.MonkeyPatch) -> list[BaseException]:
     return failures
 
 
+def refused_once(failures: list[BaseException], fn: Callable[[], object], *secrets: str) -> DestinationError:
+    """``refusal(fn, *secrets)``, after exactly one attempt: ``failures`` (from ``count_retries``) grew by one, so
+    ``retry.call`` judged the failure once and did not try again. Elapsed time cannot say this: the whole retry
+    budget of a quick refusal fits in a few seconds."""
+    before = len(failures)
+    error = refusal(fn, *secrets)
+    assert len(failures) - before == 1, f"{len(failures) - before} attempts: a permanent refusal must be sent once"
+    assert not error.transient, error
+    return error
+
+
+Operation = Callable[[Transport, str], object]
+"""One use of a transport on the test's folder."""
+
+WRITES: dict[str, Operation] = {
+    "put": lambda t, folder: t.put(f"{folder}/x", b"1"),
+    "create-only put": lambda t, folder: t.put(f"{folder}/_manifest.json", b"1", create_only=True),
+    "small open_write": lambda t, folder: write(t, f"{folder}/small", b"small"),
+    "large open_write": lambda t, folder: write(t, f"{folder}/large", b"x" * (CHUNK + 1000)),  # a chunk sent early
+}
+OPERATIONS: dict[str, Operation] = {
+    **WRITES,
+    "get": lambda t, folder: t.get(f"{folder}/x"),
+    "exists": lambda t, folder: t.exists(f"{folder}/x"),
+    "list_keys": lambda t, folder: list(t.list_keys(folder)),
+    "list_prefixes": lambda t, folder: t.list_prefixes(folder),
+    "delete": lambda t, folder: t.delete([f"{folder}/x"]),
+}
+"""Every operation the commit protocol uses, each once."""
+
+
 def lose_first_reply(transport: Transport, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Makes the first create-only upload of ``transport`` land on the store but fail as a dropped connection.
 

@@ -5,19 +5,30 @@ GCS. The contract itself (round trips, create-only, retries, ...) is test_transp
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import google.auth.transport
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.destinations.conftest import Connect
-from tests.destinations.contract import Outcome, export_from_the_store, refused, write
+from tests.destinations.contract import (
+    OPERATIONS,
+    Outcome,
+    count_retries,
+    export_from_the_store,
+    refusal,
+    refused,
+    write,
+)
 from tests.helpers import flow_yaml
 from tests.servers import Target, fakegcs, free_port
+from tests.servers.httpproxy import CountingProxy, Reply, Seen
 
 from dsexport.api import loader
 from dsexport.cli import local
@@ -41,22 +52,36 @@ def service_account_key(token_uri: str) -> dict[str, str]:
     }
 
 
-def test_large_file_streams_as_a_resumable_upload(
-    transport: gcs.GcsTransport, folder: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    session = transport._client._http  # the HTTP session every request of the transport goes through
+def quiet_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Switch off the SDK's background lookup of bucket metadata (for its traces): it sends a request of its own,
+    on a thread, at the first use of a bucket and again after every failed lookup, which would land in whichever
+    operation a test is counting the requests of."""
+    monkeypatch.setenv("DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA", "true")
+
+
+def sent(transport: gcs.GcsTransport, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(method, URL) of every HTTP request the transport sends from now on: each attempt, the SDK's own retries
+    (of resumable upload chunks) included, since they all go through the client's one session."""
+    session = transport._client._http
     send = session.request
-    chunks: list[str] = []
+    requests_: list[tuple[str, str]] = []
 
     def counting(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        if method == "PUT" and "upload_id=" in url:  # a chunk of a resumable upload session
-            chunks.append(url)
+        requests_.append((method, url))
         return send(method, url, *args, **kwargs)
 
     monkeypatch.setattr(session, "request", counting)
+    return requests_
+
+
+def test_large_file_streams_as_a_resumable_upload(
+    transport: gcs.GcsTransport, folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests_ = sent(transport, monkeypatch)
     data = os.urandom(2 * gcs.CHUNK_SIZE + 12345)
     key = f"{folder}/ds/exportTime=202612010000/part-00000.parquet"
     write(transport, key, data)
+    chunks = [url for method, url in requests_ if method == "PUT" and "upload_id=" in url]  # a session's chunks
     assert len(chunks) == 3  # two full chunks while writing, the rest when the block exits
     assert transport.get(key) == data
 
@@ -85,16 +110,123 @@ def test_service_account_key_is_used_and_never_shown(
     assert "could not get an access token, retries ran out" in message
 
 
-def test_missing_bucket_fails_fast(connect: Connect, target: Target) -> None:
+def test_missing_bucket_fails_fast(connect: Connect, target: Target, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One request each, not retried: counted on the client's session, since an upload's requests are the SDK's."""
+    quiet_sdk(monkeypatch)
     transport = connect(**target.missing_block)
-    started = time.monotonic()
+    assert isinstance(transport, gcs.GcsTransport)
+    requests_ = sent(transport, monkeypatch)
     for operation in (
         lambda: transport.list_prefixes(""),
         lambda: transport.put("x", b"1"),
         lambda: write(transport, "y", b"1"),
     ):
-        assert f"bucket {fakegcs.MISSING_BUCKET} does not exist" in refused(operation)
-    assert time.monotonic() - started < 10
+        before = len(requests_)
+        error = refusal(operation)
+        assert f"bucket {fakegcs.MISSING_BUCKET} does not exist" in str(error) and not error.transient
+        assert len(requests_) - before == 1, requests_[before:]
+
+
+# ------------------------------------------------------------- refused credentials, injected in front of the server
+# fake-gcs-server accepts any credentials, so a counting proxy in front of it answers for a store that refuses them:
+# it forwards everything else to the real server, serves the service account's token endpoint, and counts every
+# request on the wire, the SDK's own retries included.
+
+TOKEN = "ya29.dsexport-test-token-5f0e7c1a"
+
+
+@pytest.fixture
+def proxy(target: Target) -> Iterator[CountingProxy]:
+    with CountingProxy(target.block["endpoint"]) as counting:
+        yield counting
+
+
+def token_endpoint(refuse: bool = False) -> Reply:
+    if refuse:  # what Google answers for a deleted key, or a key of a deleted service account
+        return Reply(
+            400, json.dumps({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}).encode()
+        )
+    return Reply(200, json.dumps({"access_token": TOKEN, "expires_in": 3600, "token_type": "Bearer"}).encode())
+
+
+def gcs_error(status: int) -> Reply:
+    message = {401: "Invalid Credentials", 403: "exporter does not have storage.objects.create access"}[status]
+    errors = [{"message": message, "domain": "global", "reason": "required" if status == 401 else "forbidden"}]
+    return Reply(status, json.dumps({"error": {"code": status, "message": message, "errors": errors}}).encode())
+
+
+def is_token(seen: Seen) -> bool:
+    return seen.path == "/token"
+
+
+def is_store(seen: Seen) -> bool:
+    return not is_token(seen)
+
+
+PERMISSION_DENIED = f"permission denied: the service account needs {gcs.PERMISSIONS} on bucket {fakegcs.BUCKET}"
+REFUSED = {
+    (401, True): "credentials refused by the store at {endpoint}; check the Secret's serviceAccountJson",
+    (403, True): PERMISSION_DENIED,
+    (403, False): PERMISSION_DENIED,  # anonymous: what an emulator endpoint without a Secret is reached as
+}
+
+
+@pytest.mark.parametrize(("status", "with_key"), list(REFUSED), ids=["401", "403", "403-anonymous"])
+def test_a_refusal_by_the_store_is_permanent_sent_once_and_shows_no_secret(
+    connect: Connect, folder: str, proxy: CountingProxy, monkeypatch: pytest.MonkeyPatch, status: int, with_key: bool
+) -> None:
+    """Every operation of the commit protocol, refused by the store: a permanent DestinationError that says what to
+    fix, with no key nor token in it, after one attempt: retry.call judged it once, and on the wire it was sent
+    once. Only a 401 is sent again, by google-auth itself: it takes a 401 for an expired token, fetches a new one
+    and resends, at most DEFAULT_MAX_REFRESH_ATTEMPTS times, at once; dsexport's retry policy adds nothing.
+    The refused requests change nothing at the real server behind the proxy."""
+    monkeypatch.setenv("DSEXPORT_RETRY_DEADLINE", "10")  # a retrying regression fails in seconds, not a minute
+    quiet_sdk(monkeypatch)
+    key = service_account_key(f"{proxy.url}/token")
+    proxy.answer = lambda _method, path: token_endpoint() if path == "/token" else None
+    transport = connect({"serviceAccountJson": json.dumps(key)} if with_key else {}, endpoint=proxy.url)
+    transport.put(f"{folder}/x", b"kept")  # through the proxy, to the real server
+    assert [s.injected for s in proxy.seen(is_store)] == [False]
+
+    proxy.answer = lambda _method, path: token_endpoint() if path == "/token" else gcs_error(status)
+    failures = count_retries(monkeypatch)
+    expected = REFUSED[status, with_key].format(endpoint=proxy.url)
+    secrets = (key["private_key"].splitlines()[1], TOKEN)
+    resends = google.auth.transport.DEFAULT_MAX_REFRESH_ATTEMPTS if status == 401 else 0
+    for name, operation in OPERATIONS.items():
+        requests_, tokens, judged = len(proxy.seen(is_store)), len(proxy.seen(is_token)), len(failures)
+        error = refusal(functools.partial(operation, transport, folder), *secrets)
+        assert (name, error.transient) == (name, False)
+        assert expected in str(error), (name, str(error))
+        assert len(proxy.seen(is_store)) - requests_ == 1 + resends, (name, proxy.seen(is_store)[requests_:])
+        assert len(proxy.seen(is_token)) - tokens == (resends if with_key else 0), name
+        # Uploads are sent by the SDK, outside retry.call; everything else is judged by it, once.
+        assert len(failures) - judged == (0 if name.endswith("open_write") else 1), name
+
+    proxy.answer = None
+    assert transport.get(f"{folder}/x") == b"kept"
+    assert list(transport.list_keys(folder)) == [f"{folder}/x"]
+
+
+def test_a_key_refused_by_the_token_endpoint_is_permanent_asked_once_and_never_shown(
+    connect: Connect, folder: str, proxy: CountingProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deleted key (or service account) is refused where the token is asked for, before the store is reached: a
+    permanent failure naming the Secret, one token request per operation, no request to the store."""
+    monkeypatch.setenv("DSEXPORT_RETRY_DEADLINE", "10")
+    quiet_sdk(monkeypatch)
+    key = service_account_key(f"{proxy.url}/token")
+    proxy.answer = lambda _method, path: token_endpoint(refuse=True) if path == "/token" else None
+    transport = connect({"serviceAccountJson": json.dumps(key)}, endpoint=proxy.url)
+    failures = count_retries(monkeypatch)
+    for name, operation in OPERATIONS.items():
+        asked, judged = len(proxy.seen(is_token)), len(failures)
+        error = refusal(functools.partial(operation, transport, folder), key["private_key"].splitlines()[1])
+        assert (name, error.transient) == (name, False)
+        assert "credentials refused" in str(error) and "check the Secret's serviceAccountJson" in str(error), name
+        assert len(proxy.seen(is_token)) - asked == 1, (name, proxy.seen(is_token)[asked:])
+        assert len(failures) - judged == (0 if name.endswith("open_write") else 1), name
+    assert proxy.seen(is_store) == []
 
 
 def test_gs_source_exports_to_gcs_locally(

@@ -380,10 +380,14 @@ def test_an_older_committed_slot_is_reported_as_committed(tmp_path: Path, src: P
     dest = tmp_path / "dest"
     flow = flow_yaml(tmp_path, source=src, dest=dest)
     run(flow, T0)
-    run(flow, T0 + dt.timedelta(days=1))
+    sample.write_files(src, files=1, rows_per_file=10, seed=3, start=START, id_offset=50_000)
+    [later] = run(flow, T0 + dt.timedelta(days=1))  # a second commit, so that T0's slot is not the latest
+    assert later.outcome == Outcome.exported
     [again] = run(flow, T0)
     assert again.outcome == Outcome.already_committed
-    assert [m["sequence"] for m in committed(dest)] == [1]
+    assert again.message == "exportTime 202612010000 is already committed; a later slot exports what is new"
+    assert [m["sequence"] for m in committed(dest)] == [1, 2]
+    assert sorted(read_committed_ids(dest)) == sorted(source_ids(src))  # the older commit's data is still there
 
 
 def test_many_small_source_files_make_few_row_groups(tmp_path: Path) -> None:

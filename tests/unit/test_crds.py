@@ -26,6 +26,7 @@ from dsexport.api import (
     DestinationSpec,
     Format,
     Incremental,
+    Partitioning,
     Resource,
     Schedule,
     ServiceAccount,
@@ -264,6 +265,7 @@ def test_unsupported_unions_are_refused() -> None:
 
 EXPECTED_RULES: list[tuple[type[Resource], str, type[BaseModel]]] = [
     (Dataset, "spec.source", Source),
+    (Dataset, "spec.source.partitioning", Partitioning),
     (Dataset, "spec.incremental", Incremental),
     (Destination, "spec", DestinationSpec),
     (Destination, "spec.format", Format),

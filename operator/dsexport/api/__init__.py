@@ -17,7 +17,7 @@ from dsexport.api.common import (
     parse_duration_seconds,
     parse_quantity,
 )
-from dsexport.api.dataset import Dataset, DatasetSpec, Incremental, Source, SourceFormat, Strategy
+from dsexport.api.dataset import Dataset, DatasetSpec, Incremental, Partitioning, Source, SourceFormat, Strategy
 from dsexport.api.dataset_export import (
     DatasetEntry,
     DatasetExport,
@@ -74,6 +74,7 @@ __all__ = [
     "Mode",
     "ObjectRef",
     "OutputFormat",
+    "Partitioning",
     "Resource",
     "Schedule",
     "ServiceAccount",

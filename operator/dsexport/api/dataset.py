@@ -30,6 +30,79 @@ class Strategy(StrEnum):
     column = "column"
 
 
+# A format's pieces, as RE2 (the API server's CEL) and Python regular expressions alike: a literal character of
+# one folder level, and the directives a partition folder can carry (each a fixed field of a UTC time).
+_LITERAL = "([^%/]|%%)"
+_DIRECTIVE = "%[YmdHMS]"
+_LEVEL = f"{_LITERAL}*{_DIRECTIVE}({_LITERAL}|{_DIRECTIVE})*"
+_ANY = "([^%]|%%)*"
+_TIME_PREFIX = f"{_ANY}%Y({_ANY}%m({_ANY}%d({_ANY}%H({_ANY}%M({_ANY}%S)?)?)?)?)?{_ANY}"
+
+
+class Partitioning(Spec):
+    """How the source's folders split it by the time data was written, so an incremental run of strategy files
+    lists only the partitions that can hold new files instead of the whole history.
+
+    Hive style is ``{key: date, format: "%Y-%m-%d"}`` for ``date=2026-12-01/`` folders; plain folders give only a
+    format, one level per ``/``: ``{format: "%Y/%m/%d"}`` for ``2026/12/01/``, or ``year=%Y/month=%m/day=%d``.
+    """
+
+    model_config = rules(
+        (
+            "self.format.matches('^([^%]|%[YmdHMS%])*$')",
+            "format may use only the directives %Y %m %d %H %M %S, and %% for a literal %",
+        ),
+        (
+            f"self.format.matches('^{_TIME_PREFIX}$')",
+            "format must be a time prefix: %Y, then optionally %m, %d, %H, %M and %S in this order, each at most "
+            "once (e.g. %Y-%m-%d, %Y/%m/%d/%H)",
+        ),
+        (
+            f"self.format.matches('^{_LEVEL}(/{_LEVEL})*$')",
+            "every folder level of format (separated by single slashes, none at either end) needs a directive",
+        ),
+        (
+            "!self.format.matches('(^|/)[_.]')",
+            "a folder level of format may not start with _ or . (such folders are hidden and never listed)",
+        ),
+        (
+            "!has(self.key) || !self.format.contains('/')",
+            "with key, format is one folder level (key=value, hive style); for several levels write them all in "
+            "format, e.g. year=%Y/month=%m/day=%d",
+        ),
+    )
+
+    key: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+            max_length=128,
+            description="Hive-style partition key: folders are named key=value, the value written with format. "
+            "Leave it out for plain folders.",
+        ),
+    ] = None
+    format: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=128,
+            description="strftime format of the partition folders, in UTC: %Y, then optionally %m %d %H %M %S in "
+            "this order; one folder level per '/'. Numbers may lack their leading zero (month=1) where a "
+            "separator follows.",
+        ),
+    ]
+    lateness: Annotated[
+        str,
+        Field(
+            pattern=DURATION_PATTERN,
+            max_length=32,
+            description="How long after a partition's time range ends files may still land in it (uploads that "
+            "finish late, a job that writes the previous hour's or day's partition); older partitions are not "
+            "listed.",
+        ),
+    ] = "1h"
+
+
 class Source(Spec):
     """Where the dataset's files live: a local path, ``file://``, ``s3://`` or ``gs://`` URI."""
 
@@ -63,6 +136,13 @@ class Source(Spec):
             max_length=253,
             description="In a cluster: the PersistentVolumeClaim holding a local-path source, mounted read-only "
             "at the path.",
+        ),
+    ] = None
+    partitioning: Annotated[
+        Partitioning | None,
+        Field(
+            description="The folders' time partitioning, if any: strategy files then lists only partitions that can "
+            "hold files newer than the watermark minus lookback. Without it, every run lists the whole source.",
         ),
     ] = None
 

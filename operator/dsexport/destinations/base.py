@@ -30,6 +30,10 @@ class Transport(ABC):
     bucket, permissions, the Secret).
     """
 
+    # How many ``open_write`` blocks a caller may run at once, each on its own thread, for parts that are ready
+    # together (the byte copy's). 1 unless the backend is known to be safe with it and faster for it.
+    parallel_writes: int = 1
+
     @abstractmethod
     def describe(self) -> str:
         """A human-readable location for messages, e.g. ``filesystem:/data/exports``."""

@@ -48,6 +48,10 @@ TRANSIENT_ERRNOS = frozenset(
 
 
 class FilesystemTransport(Transport):
+    # Files under unique temporary names, each with its own descriptor: safe from several threads. Two at once
+    # let one part's fsync, which waits on the disk, overlap the next part's writing.
+    parallel_writes = 2
+
     def __init__(self, root: str | Path, *, name: str = "") -> None:
         self.root = Path(root)
         self.name = name or self.describe()

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from dsexport import api
 from dsexport.destinations import Transport
-from dsexport.engine import commit, jsonenc, schedule, watermark, writers
+from dsexport.engine import bytecopy, commit, jsonenc, schedule, watermark, writers
 from dsexport.engine.manifest import (
     RESET_TOKEN_PATTERN,
     ColumnState,
@@ -266,12 +267,14 @@ def select(request: ExportRequest, recovered: Recovered) -> Selection:
     cursor filters rows while reading)."""
     spec = request.dataset.spec
     source = Source(spec.source, request.source_credentials)
-    listing = source.list_files()
     previous = recovered.previous_state
+    lookback_ns = api.parse_duration_seconds(spec.incremental.lookback) * 1_000_000_000
+    files_state = previous if spec.incremental.strategy == api.Strategy.files else None
+    # Strategy files exports nothing modified at or before the horizon, so a declared partitioning may skip it.
+    listing = source.list_files(newer_than_ns=watermark.horizon_ns(files_state, lookback_ns))
     if spec.incremental.strategy == api.Strategy.files:
         if isinstance(previous, ColumnState):
             raise _strategy_changed(previous.strategy, spec.incremental.strategy)
-        lookback_ns = api.parse_duration_seconds(spec.incremental.lookback) * 1_000_000_000
         chosen = watermark.select_files(listing, previous, lookback_ns=lookback_ns)
         if previous is not None and not chosen.files:
             raise Finished(Outcome.no_new_data, "no new files", chosen.range)
@@ -303,11 +306,61 @@ def write(
     selection: Selection,
     on_records: Callable[[int], None] | None,
 ) -> Written:
-    """Stream the selected rows into part files; for strategy column, track the cursor's maximum on the way."""
+    """Write the selected rows into part files: first the files the byte copy takes as they are (``bytecopy``),
+    then the others decoded and re-encoded; for strategy column, track the cursor's maximum on the way."""
     dataset = selection.source.dataset(selection.files)
     schema = dataset.schema
     cursor = selection.cursor
-    writers.check_schema(schema, request.destination.spec.format)  # before anything is written
+    fmt = request.destination.spec.format
+    writers.check_schema(schema, fmt)  # before anything is written
+    plan = bytecopy.plan(
+        dataset,
+        selection.files,
+        root=selection.source.root,
+        fmt=fmt,
+        source_format=selection.source.format,
+        rows_filtered=cursor is not None,
+    )
+    parts = bytecopy.copy_parts(
+        plan.copy,
+        dataset=dataset,
+        fmt=fmt,
+        transport=transport,
+        folder=slot.folder,
+        run_id=slot.run_id,
+        on_records=on_records,
+    )
+    cursor_max = cursor.value if cursor else None
+    if plan.encode is not None:
+        encoded, cursor_max = _encode(
+            plan.encode, cursor, fmt=fmt, transport=transport, slot=slot, first_index=len(parts), on_records=on_records
+        )
+        parts += encoded
+    _log("write", request, slot, files=len(parts), records=sum(p.records for p in parts), **plan.log_fields())
+    if cursor is None:
+        assert selection.files_state is not None and selection.files_range is not None
+        return Written(parts, schema, selection.files_state, selection.files_range)
+    state = watermark.column_state(cursor, cursor_max)
+    wm_range = watermark.column_range(cursor, state)
+    if recovered.previous_state is not None and not parts:
+        # Nothing above the cursor: committing an empty folder would only add noise at the destination.
+        raise Finished(Outcome.no_new_data, "no new rows", wm_range)
+    return Written(parts, schema, state, wm_range)
+
+
+def _encode(
+    dataset: pads.Dataset,
+    cursor: watermark.ColumnCursor | None,
+    *,
+    fmt: api.Format,
+    transport: Transport,
+    slot: Slot,
+    first_index: int,
+    on_records: Callable[[int], None] | None,
+) -> tuple[list[PartFile], pa.Scalar | None]:
+    """Decode ``dataset``'s rows (those above the cursor, if any) and encode them into parts numbered from
+    ``first_index``; with the cursor column's maximum, tracked on the way so the watermark needs no second pass."""
+    schema = dataset.schema
     running_max: list[pa.Scalar | None] = [cursor.value if cursor else None]
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -320,22 +373,14 @@ def write(
     parts = write_parts(
         batches(),
         schema=schema,
-        fmt=request.destination.spec.format,
+        fmt=fmt,
         transport=transport,
         folder=slot.folder,
         run_id=slot.run_id,
         on_batch=on_records,
+        first_index=first_index,
     )
-    _log("write", request, slot, files=len(parts), records=sum(p.records for p in parts))
-    if cursor is None:
-        assert selection.files_state is not None and selection.files_range is not None
-        return Written(parts, schema, selection.files_state, selection.files_range)
-    state = watermark.column_state(cursor, running_max[0])
-    wm_range = watermark.column_range(cursor, state)
-    if recovered.previous_state is not None and not parts:
-        # Nothing above the cursor: committing an empty folder would only add noise at the destination.
-        raise Finished(Outcome.no_new_data, "no new rows", wm_range)
-    return Written(parts, schema, state, wm_range)
+    return parts, running_max[0]
 
 
 def build_manifest(
@@ -358,7 +403,10 @@ def build_manifest(
         format=FileFormat(type=fmt.type.value, compression=fmt.effective_compression),
         records=sum(p.records for p in written.parts),
         bytes=sum(p.bytes for p in written.parts),
-        files=[PartEntry(path=p.path, records=p.records, bytes=p.bytes, sha256=p.sha256) for p in written.parts],
+        files=[
+            PartEntry(path=p.path, records=p.records, bytes=p.bytes, sha256=p.sha256, via=p.via, source=p.source)
+            for p in written.parts
+        ],
         watermark=written.range,
         state=written.state,
         schema=ManifestSchema(

@@ -5,8 +5,9 @@ the destination, so a damaged, truncated or foreign file there must stop the run
 never be half-trusted and never crash it. Everything read back goes through :func:`parse`.
 
 Version 2 names the DatasetExport ``datasetExport``; version 1 (the first release) called it ``flow`` and is still
-read. Optional keys added since (``resetToken``) do not change the version: they are left out when unset, and
-readers that predate them ignore unknown keys.
+read. Keys added since do not change the version, because readers that predate them ignore unknown keys: optional
+ones (``resetToken``) are left out when unset, and a part's ``via`` (``encode`` or ``copy``) reads as ``encode``
+when absent, which is what every part written before the byte copy was.
 """
 
 from __future__ import annotations
@@ -66,12 +67,25 @@ class WatermarkRange(Model):
 
 
 class PartEntry(Model):
-    """A data file of the export, relative to its exportTime folder."""
+    """A data file of the export, relative to its exportTime folder, and how it was made.
+
+    ``via: encode``: rows decoded from the source and encoded into the part; ``via: copy``: the bytes of the source
+    file ``source`` (relative to the source root), unchanged. A consumer can tell the two apart (the copy keeps the
+    source's row groups and statistics) and audit a copy against its source by size and sha256.
+    """
 
     path: Annotated[str, Field(min_length=1)]
     records: Annotated[int, Field(ge=0)]
     bytes: Annotated[int, Field(ge=0)]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    via: Literal["encode", "copy"] = "encode"
+    source: Annotated[str | None, Field(min_length=1, exclude_if=lambda v: v is None)] = None
+
+    @model_validator(mode="after")
+    def _source_of_a_copy(self) -> PartEntry:
+        if (self.via == "copy") != (self.source is not None):
+            raise ValueError("a copied part names its source file, and only a copied part does")
+        return self
 
 
 class FileFormat(Model):

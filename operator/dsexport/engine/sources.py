@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from dsexport import api
+from dsexport.engine import partitions
 from dsexport.errors import SourceError
 
 # Small read-ahead keeps peak memory bounded whatever the row-group sizes; throughput barely changes because
@@ -19,6 +21,8 @@ from dsexport.errors import SourceError
 BATCH_SIZE = 64 * 1024
 BATCH_READAHEAD = 1
 FRAGMENT_READAHEAD = 1
+
+log = logging.getLogger(__name__)
 
 _EXTENSIONS: dict[api.SourceFormat, tuple[str, ...]] = {
     api.SourceFormat.parquet: (".parquet", ".parq", ".pq"),
@@ -84,18 +88,18 @@ class Source:
         self.root = self.root.rstrip("/")
         self.format = spec.format
 
-    def list_files(self) -> list[SourceFile]:
-        """Data files under the root, recursively; hidden and ``_``-prefixed names (markers, temp files of
-        writers such as Spark) are skipped because they are not data or not finished."""
-        selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=False)
-        try:
-            infos = self.fs.get_file_info(selector)
-        except (FileNotFoundError, OSError) as e:
-            raise SourceError(f"cannot list source {self.spec.uri}: {e}", transient=_transient(e)) from None
+    def list_files(self, newer_than_ns: int | None = None) -> list[SourceFile]:
+        """Data files under the root, recursively, oldest first; hidden and ``_``-prefixed names (markers, temp
+        files of writers such as Spark) are skipped because they are not data or not finished.
+
+        ``newer_than_ns`` is the run's horizon: the caller exports no file modified at or before it. With a
+        declared partitioning, partitions that cannot hold such a file are then not listed at all (see
+        :meth:`_walk`); the files of the partitions that are listed come back all the same, whatever their age.
+        """
         extensions = _EXTENSIONS[self.format]
         prefix = len(self.root) + 1
         files = []
-        for info in infos:
+        for info in self._infos(newer_than_ns):
             if info.type != pafs.FileType.File:
                 continue
             rel = info.path[prefix:]
@@ -106,6 +110,59 @@ class Source:
             files.append(SourceFile(path=rel, size=info.size, mtime_ns=info.mtime_ns))
         files.sort(key=lambda f: (f.mtime_ns, f.path))
         return files
+
+    def _infos(self, newer_than_ns: int | None) -> Iterator[pafs.FileInfo]:
+        partitioning = self.spec.partitioning
+        if partitioning is None or newer_than_ns is None:
+            # The first export, or no declared layout: everything, in one listing (on an object store, one
+            # paginated ListObjects without a delimiter, fewer requests than a walk), held whole by pyarrow.
+            return iter(self._list(self.root, recursive=True, missing_ok=False))
+        return self._walk(partitions.Layout.of(partitioning), newer_than_ns)
+
+    def _walk(self, layout: partitions.Layout, horizon_ns: int) -> Iterator[pafs.FileInfo]:
+        """The files of every partition that may hold a file modified after ``horizon_ns``, level by level.
+
+        Each folder of a partition level is listed on its own (on an object store, a delimited listing of its
+        prefix): a partition whose time range, plus lateness, ends at or before the horizon is skipped with its
+        whole subtree, a partition of the last level is listed recursively, and a folder whose name is not a
+        partition of its level is listed fully (never dropped). Files beside partition folders are kept too.
+        pyarrow's Python API returns a listing as a whole, not page by page, so what is held at once is one
+        folder's listing: the partition folders of one level, or one kept partition's files.
+        """
+        pending = [(self.root, 0, partitions.Partition())]
+        listed = pruned = 0
+        while pending:
+            folder, depth, parent = pending.pop()
+            listed += 1
+            for info in self._list(folder, recursive=False, missing_ok=depth > 0):
+                if info.type != pafs.FileType.Directory:
+                    yield info
+                    continue
+                if info.base_name.startswith(("_", ".")):
+                    continue  # hidden: list_files would drop everything under it
+                child = layout.child(parent, depth, info.base_name)
+                if child is not None and not layout.may_hold_newer(child, horizon_ns):
+                    pruned += 1
+                elif child is not None and depth + 1 < layout.depth:
+                    pending.append((info.path, depth + 1, child))
+                else:
+                    listed += 1
+                    yield from self._list(info.path, recursive=True, missing_ok=True)
+        log.info(  # counts only: a URI may carry credentials (s3://key:secret@bucket)
+            "listed the source: %d folders, %d partitions pruned",
+            listed,
+            pruned,
+            extra={"fields": {"phase": "list", "foldersListed": listed, "partitionsPruned": pruned}},
+        )
+
+    def _list(self, folder: str, *, recursive: bool, missing_ok: bool) -> list[pafs.FileInfo]:
+        """One listing of ``folder``; a folder below the root that vanished since its parent was listed (a
+        writer's temporary folder, renamed) had nothing to export."""
+        selector = pafs.FileSelector(folder, recursive=recursive, allow_not_found=missing_ok)
+        try:
+            return self.fs.get_file_info(selector)  # type: ignore[no-any-return]
+        except (FileNotFoundError, OSError) as e:
+            raise SourceError(f"cannot list source {self.spec.uri}: {e}", transient=_transient(e)) from None
 
     def _file_format(self) -> pads.FileFormat:
         if self.format == api.SourceFormat.parquet:

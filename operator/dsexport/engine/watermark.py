@@ -35,6 +35,13 @@ class FilesSelection:
     range: WatermarkRange
 
 
+def horizon_ns(previous: FilesState | ColumnState | None, lookback_ns: int) -> int | None:
+    """Strategy files exports no file modified at or before this instant (None: the first export, everything)."""
+    if not isinstance(previous, FilesState):
+        return None
+    return previous.max_modified_ns - lookback_ns
+
+
 def select_files(listing: Sequence[SourceFile], previous: FilesState | None, *, lookback_ns: int) -> FilesSelection:
     """New files since the watermark.
 
@@ -44,11 +51,8 @@ def select_files(listing: Sequence[SourceFile], previous: FilesState | None, *, 
     """
     prev_max = previous.max_modified_ns if previous else None
     seen: dict[str, int] = dict(previous.recent) if previous else {}
-    if prev_max is None:
-        chosen = list(listing)
-    else:
-        horizon = prev_max - lookback_ns
-        chosen = [f for f in listing if f.mtime_ns > horizon and f.path not in seen]
+    since = horizon_ns(previous, lookback_ns)
+    chosen = list(listing) if since is None else [f for f in listing if f.mtime_ns > since and f.path not in seen]
     new_max = max([prev_max or 0, *(f.mtime_ns for f in chosen)])
     horizon = new_max - lookback_ns
     seen.update({f.path: f.mtime_ns for f in chosen})

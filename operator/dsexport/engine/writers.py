@@ -1,4 +1,5 @@
-"""Streaming record batches into rolling part files (Parquet or NDJSON), hashing the bytes as they go out.
+"""Streaming record batches into rolling part files (Parquet or NDJSON), or a source file's bytes into a part of
+its own (the byte copy), hashing the bytes as they go out.
 
 Hashing on the way out (see ``sink``) costs far less than reading each file back, and it is the only way that
 works the same for local files and uploads.
@@ -8,18 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-from collections.abc import Callable, Iterable
+import io
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dsexport import api
 from dsexport.destinations import Transport, join
+from dsexport.destinations.base import Writable
 from dsexport.engine import jsonenc
 from dsexport.engine.sink import WriteBehindSink
-from dsexport.errors import SchemaError
+from dsexport.errors import SchemaError, SourceError
+
+# How a part was made: decoded and re-encoded, or the bytes of one source file as they are.
+Via = Literal["encode", "copy"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,15 @@ class PartFile:
     path: str  # relative to the exportTime folder
     records: int
     bytes: int
+    sha256: str
+    via: Via = "encode"
+    source: str | None = None  # for a copy: the source file, relative to the source root
+
+
+@dataclass(frozen=True)
+class Hashed:
+    """The end of one file's chunks in the byte copy, with the hex SHA-256 of them all."""
+
     sha256: str
 
 
@@ -48,7 +63,7 @@ class _ParquetPart:
     one row group per tiny batch would make the file many times larger and slow to read."""
 
     def __init__(self, sink: WriteBehindSink, schema: pa.Schema, compression: str) -> None:
-        self.writer = pq.ParquetWriter(sink, schema, compression=compression, write_statistics=True)
+        self.writer = _parquet_writer(sink, schema, compression)
         self.pending: list[pa.RecordBatch] = []
         self.pending_rows = 0
 
@@ -70,6 +85,23 @@ class _ParquetPart:
     def close(self) -> None:
         self._flush()
         self.writer.close()
+
+
+def _parquet_writer(sink: pa.NativeFile | io.RawIOBase, schema: pa.Schema, compression: str) -> pq.ParquetWriter:
+    """The one place the Parquet writer's options are set: ``parquet_file_schema`` must see the same ones."""
+    return pq.ParquetWriter(sink, schema, compression=compression, write_statistics=True)
+
+
+def parquet_file_schema(schema: pa.Schema, fmt: api.Format) -> pq.ParquetSchema:
+    """The Parquet schema (physical and logical types, column paths) the encoder writes for ``schema``.
+
+    The byte copy compares a source file's against it: a file whose Arrow schema matches but whose Parquet types
+    do not (INT96 timestamps, decimals stored as integers, legacy list layouts) reads back the same in Arrow,
+    yet differs for other readers from the parts the encoder writes, so it is re-encoded instead.
+    """
+    buffer = pa.BufferOutputStream()
+    _parquet_writer(buffer, schema, fmt.effective_compression).close()
+    return pq.read_metadata(pa.BufferReader(buffer.getvalue())).schema
 
 
 class _JsonPart:
@@ -156,6 +188,46 @@ class _Part:
         self._target.__exit__(type(error), error, error.__traceback__)
 
 
+def copy_part(
+    pieces: Iterator[bytes | Hashed],
+    *,
+    origin: str,
+    size: int,
+    records: int,
+    transport: Transport,
+    folder: str,
+    name: str,
+) -> PartFile:
+    """Write one source file's bytes, unchanged, as the part ``name``: the byte copy.
+
+    ``pieces`` holds the file's chunks and then its ``Hashed``: whoever reads the file hashes it (a read-ahead
+    thread, while this one writes), so hashing and writing overlap instead of adding up. ``origin`` is the source
+    file, ``size`` its size as listed and ``records`` its rows as its footer says. A file whose length is not the
+    listed size changed after it was listed, so it is no longer the file whose footer was checked: the part is
+    abandoned and the run fails, transiently, since a retry lists and checks the file again.
+    """
+    with transport.open_write(join(folder, name)) as target:
+        written, digest = _write_file(pieces, target)
+        if written != size:
+            raise SourceError(
+                f"source file {origin} changed while it was exported ({written} bytes, listed with {size}); "
+                "source files must not change once visible",
+                transient=True,
+            )
+    return PartFile(name, records, written, digest, via="copy", source=origin)
+
+
+def _write_file(pieces: Iterator[bytes | Hashed], target: Writable) -> tuple[int, str]:
+    """The chunks of one file into ``target``, up to its ``Hashed``: the bytes written and their SHA-256."""
+    written = 0
+    for piece in pieces:
+        if isinstance(piece, Hashed):
+            return written, piece.sha256
+        target.write(piece)
+        written += len(piece)
+    raise RuntimeError("the byte copy's chunks ended inside a file")  # a bug in the caller, not a data problem
+
+
 def write_parts(
     batches: Iterable[pa.RecordBatch],
     *,
@@ -165,11 +237,12 @@ def write_parts(
     folder: str,
     run_id: str,
     on_batch: Callable[[int], None] | None = None,
+    first_index: int = 0,
 ) -> list[PartFile]:
     """Write every batch into part files under ``folder``, starting a new part at the configured limits.
 
-    Parts become visible only as whole files (the transport's atomic write); the manifest, written later by
-    the caller, is what commits them.
+    Parts are numbered from ``first_index`` (after the parts the byte copy made). They become visible only as
+    whole files (the transport's atomic write); the manifest, written later by the caller, is what commits them.
     """
     max_records = fmt.effective_max_records
     max_bytes = fmt.effective_max_bytes
@@ -180,7 +253,8 @@ def write_parts(
             offset = 0
             while offset < batch.num_rows:
                 if part is None:
-                    part = _Part(transport, folder, part_name(len(parts), run_id, fmt), schema, fmt)
+                    name = part_name(first_index + len(parts), run_id, fmt)
+                    part = _Part(transport, folder, name, schema, fmt)
                 take = min(batch.num_rows - offset, max_records - part.records)
                 part.write(batch if take == batch.num_rows else batch.slice(offset, take))
                 offset += take

@@ -1,0 +1,310 @@
+"""The byte-copy fast path: a Parquet source file that already is what the encoder would write becomes a part as
+it is, its bytes streamed (and hashed) instead of decoded and encoded again.
+
+Re-encoding such a file spends CPU to write the same rows in the same format; copying costs what moving the bytes
+costs. A file is copied only where a consumer could not tell its part from the encoder's, apart from row groups and
+statistics:
+
+- every row of it is exported (strategy ``files``: the ``column`` strategy filters rows and tracks a maximum);
+- the source and the destination format are Parquet, and every column chunk has the destination's codec;
+- its Arrow schema is the dataset's, the one the manifest records for every part (the encoder adds, drops or
+  converts no column, so the dataset's schema is what it writes);
+- its Parquet types are the ones the encoder writes for that schema (``writers.parquet_file_schema``): INT96
+  timestamps, decimals stored as integers or legacy list layouts read back the same in Arrow, but not in every
+  reader, so those files are re-encoded;
+- it fits in one part (``maxRecordsPerFile``, ``maxFileSize``), and is not small (``MIN_COPY_BYTES``): one part per
+  small file would turn a lake of small files into as many small parts, each with its own upload or fsync, where
+  re-encoding coalesces them into few.
+
+The decision is per file: the files that fail a condition are re-encoded together, as before, into the parts that
+follow the copies, so one odd file does not cost the rest their fast path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import queue
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from dsexport import api
+from dsexport.destinations import Transport
+from dsexport.engine import writers
+from dsexport.engine.sources import SourceFile
+from dsexport.engine.writers import Hashed, PartFile
+from dsexport.errors import SourceError
+
+# False re-encodes every file: for measuring the re-encoding path on data the fast path would take (bench.fastpath).
+ENABLED = True
+MIN_COPY_BYTES = 1 << 20
+# A copied file moves in chunks: small enough that writing a file starts soon after reading it does (a file is
+# read, hashed and written at once rather than one after the other) and that the chunks in flight (COPY_AHEAD
+# waiting, one being read, one being written) keep memory flat. An object store is read through a buffer of
+# OBJECT_STORE_READ, since each read there is a request of its own.
+COPY_CHUNK = 1 << 20
+COPY_AHEAD = 8
+OBJECT_STORE_READ = 8 << 20
+
+# Destination compression -> the codec name in a Parquet footer.
+_CODECS = {"none": "UNCOMPRESSED", "snappy": "SNAPPY", "gzip": "GZIP", "zstd": "ZSTD"}
+
+
+@dataclass(frozen=True)
+class CopyFile:
+    """A source file to copy: where its filesystem has it, how it was listed, and its rows (from its footer)."""
+
+    path: str
+    listed: SourceFile
+    records: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which files are copied, and the dataset of the others, to re-encode (None when there are none)."""
+
+    copy: list[CopyFile]
+    encode: pads.Dataset | None
+    encode_files: int
+    # Why files are re-encoded, by reason, for the write phase's log line.
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def log_fields(self) -> dict[str, object]:
+        reasons = ",".join(f"{k}:{n}" for k, n in sorted(self.reasons.items()))
+        return {"copiedFiles": len(self.copy), "encodedFiles": self.encode_files, "encodeReasons": reasons}
+
+
+def plan(
+    dataset: pads.Dataset,
+    files: Sequence[SourceFile],
+    *,
+    root: str,
+    fmt: api.Format,
+    source_format: api.SourceFormat,
+    rows_filtered: bool,
+) -> Plan:
+    """Split the selected ``files`` (listed under ``root``, read as ``dataset``) into copies and the rest.
+
+    Every file is decided from its listing and its footer, before anything is written; the footer is read through
+    a fragment of its own, so the dataset does not keep every file's metadata for the rest of the run.
+    """
+    refusal = _run_refusal(dataset, fmt=fmt, source_format=source_format, rows_filtered=rows_filtered)
+    if refusal is not None:
+        return Plan([], dataset, len(files), Counter({refusal: len(files)}))
+    assert isinstance(dataset, pads.FileSystemDataset)  # _run_refusal
+    expected = writers.parquet_file_schema(dataset.schema, fmt)
+    listed = {f"{root}/{f.path}": f for f in files}
+    copies: list[CopyFile] = []
+    others: list[pads.Fragment] = []
+    reasons: Counter[str] = Counter()
+    for fragment in dataset.get_fragments():
+        source = listed.get(fragment.path)
+        # A fragment that matches no listed file is not one this module can reason about: the encoder reads it.
+        verdict = "unlisted" if source is None else _verdict(dataset, fragment.path, source, expected=expected, fmt=fmt)
+        if isinstance(verdict, str):
+            others.append(fragment)
+            reasons[verdict] += 1
+        else:
+            assert source is not None
+            copies.append(CopyFile(fragment.path, source, verdict))
+    if not copies:
+        return Plan([], dataset, len(others), reasons)
+    rest = pads.FileSystemDataset(others, dataset.schema, dataset.format, dataset.filesystem) if others else None
+    return Plan(copies, rest, len(others), reasons)
+
+
+def _run_refusal(
+    dataset: pads.Dataset, *, fmt: api.Format, source_format: api.SourceFormat, rows_filtered: bool
+) -> str | None:
+    """Why no file of this run can be copied, if none can."""
+    if not ENABLED:
+        return "disabled"
+    if source_format != api.SourceFormat.parquet or fmt.type != api.OutputFormat.parquet:
+        return "format"
+    if rows_filtered:
+        return "rowFilter"
+    if not isinstance(dataset, pads.FileSystemDataset) or not isinstance(dataset.format, pads.ParquetFileFormat):
+        return "dataset"
+    return None
+
+
+def _verdict(
+    dataset: pads.FileSystemDataset, path: str, listed: SourceFile, *, expected: pq.ParquetSchema, fmt: api.Format
+) -> int | str:
+    """The file's record count if it can be copied, else the reason it is re-encoded (a word for the log).
+
+    A footer that cannot be read is left to the encoder, which reports it as it always has (a damaged file, a
+    store that stopped answering), so the fast path adds no failure of its own.
+    """
+    if listed.size < MIN_COPY_BYTES:
+        return "small"
+    if listed.size > fmt.effective_max_bytes:
+        return "maxFileSize"
+    try:
+        fragment = dataset.format.make_fragment(path, dataset.filesystem, file_size=listed.size)
+        metadata = fragment.metadata
+        schema = fragment.physical_schema
+    except (pa.ArrowException, OSError):
+        return "unreadable"
+    records = int(metadata.num_rows)
+    if records == 0:
+        return "empty"  # re-encoding writes no part for it, and a copy would be a part without rows
+    if records > fmt.effective_max_records:
+        return "maxRecordsPerFile"
+    if records != sum(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)):
+        return "unreadable"
+    if not schema.equals(dataset.schema):
+        return "schema"
+    if not _same_parquet_types(metadata.schema, expected):
+        return "parquetTypes"
+    if not _all_chunks_use(metadata, _CODECS[fmt.effective_compression]):
+        return "codec"
+    return records
+
+
+def _same_parquet_types(found: pq.ParquetSchema, expected: pq.ParquetSchema) -> bool:
+    """Same leaf columns: types, logical types, repetition, levels, and paths (which ``equals`` leaves out)."""
+    if not found.equals(expected):
+        return False
+    return all(found.column(i).path == expected.column(i).path for i in range(len(expected)))
+
+
+def _all_chunks_use(metadata: pq.FileMetaData, codec: str) -> bool:
+    """Every column chunk of every row group compressed with ``codec``: writers may compress columns differently."""
+    for r in range(metadata.num_row_groups):
+        group = metadata.row_group(r)
+        if any(group.column(c).compression != codec for c in range(group.num_columns)):
+            return False
+    return True
+
+
+def copy_parts(
+    copies: Sequence[CopyFile],
+    *,
+    dataset: pads.Dataset,
+    fmt: api.Format,
+    transport: Transport,
+    folder: str,
+    run_id: str,
+    on_records: Callable[[int], None] | None = None,
+) -> list[PartFile]:
+    """Each file of ``copies`` into a part of its own, numbered from 0 in order.
+
+    For each file a reader thread reads (from ``dataset``'s filesystem, local or an object store) and hashes it in
+    ``COPY_CHUNK`` chunks while another writes them through the transport, so hashing overlaps writing; at most
+    ``COPY_AHEAD`` chunks wait, so memory stays flat whatever the file sizes. Up to the transport's
+    ``parallel_writes`` files are copied at once. After a failure no new file is started, the ones under way
+    finish, and the first failure (in file order) is raised: parts already written are leftovers that the next
+    run of the slot removes, as with any failed run.
+    """
+    assert isinstance(dataset, pads.FileSystemDataset)
+    filesystem = dataset.filesystem
+
+    def copy(index: int) -> PartFile:
+        item = copies[index]
+        with _FileReader(filesystem, item) as reader:
+            return writers.copy_part(
+                reader.pieces(),
+                origin=item.listed.path,
+                size=item.listed.size,
+                records=item.records,
+                transport=transport,
+                folder=folder,
+                name=writers.part_name(index, run_id, fmt),
+            )
+
+    workers = max(1, min(transport.parallel_writes, len(copies)))
+    parts: list[PartFile] = []
+    with ThreadPoolExecutor(workers, thread_name_prefix="dsexport-copy") as pool:
+        in_flight: deque[Future[PartFile]] = deque()
+        try:
+            for index in range(len(copies)):
+                if len(in_flight) == workers:
+                    parts.append(_done(in_flight.popleft(), copies[len(parts)], on_records))
+                in_flight.append(pool.submit(copy, index))
+            while in_flight:
+                parts.append(_done(in_flight.popleft(), copies[len(parts)], on_records))
+        finally:
+            for future in in_flight:  # after a failure: let the parts under way finish, start no other
+                future.cancel()
+            wait(in_flight)
+    return parts
+
+
+def _done(future: Future[PartFile], item: CopyFile, on_records: Callable[[int], None] | None) -> PartFile:
+    part = future.result()
+    if on_records is not None:
+        on_records(item.records)
+    return part
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+class _FileReader:
+    """Reads and hashes one file on a thread of its own, started at once, at most ``COPY_AHEAD`` chunks ahead of
+    the writer; ``pieces()`` yields the chunks and then the file's ``Hashed``, and re-raises the reader's error."""
+
+    def __init__(self, filesystem: pafs.FileSystem, item: CopyFile) -> None:
+        self._filesystem = filesystem
+        self._item = item
+        self._queue: queue.Queue[bytes | Hashed | _Failed] = queue.Queue(maxsize=COPY_AHEAD)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="dsexport-copy-read", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            digest = hashlib.sha256()
+            # compression=None: the default guesses a codec from the name and would decompress a .gz file.
+            local = isinstance(self._filesystem, pafs.LocalFileSystem)
+            buffer = None if local else OBJECT_STORE_READ
+            with self._filesystem.open_input_stream(self._item.path, compression=None, buffer_size=buffer) as stream:
+                while not self._stopped.is_set() and (chunk := stream.read(COPY_CHUNK)):
+                    digest.update(chunk)
+                    self._queue.put(chunk)
+            self._queue.put(Hashed(digest.hexdigest()))
+        except (pa.ArrowException, OSError) as e:
+            self._queue.put(_Failed(_read_error(self._item.listed, e)))
+        except BaseException as e:  # re-raised in the writer's thread
+            self._queue.put(_Failed(e))
+
+    def pieces(self) -> Iterator[bytes | Hashed]:
+        while True:
+            piece = self._queue.get()
+            if isinstance(piece, _Failed):
+                raise piece.error
+            yield piece
+            if isinstance(piece, Hashed):
+                return
+
+    def close(self) -> None:
+        """Stop reading (a no-op once the file is read) and wait for the thread."""
+        self._stopped.set()
+        while self._thread.is_alive():  # unblock a reader waiting on a full queue, then let it see `stopped`
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+        self._thread.join()
+
+    def __enter__(self) -> _FileReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _read_error(listed: SourceFile, error: BaseException) -> SourceError:
+    """As the encoder's reads report it (``sources``): a store that stopped answering may come back, a missing or
+    forbidden file will not."""
+    transient = isinstance(error, OSError) and not isinstance(error, FileNotFoundError | PermissionError)
+    return SourceError(f"cannot read source file {listed.path}: {error}", transient=transient)
