@@ -1,15 +1,14 @@
 """The byte-copy fast path against dsexport's re-encoding path and against a plain file copy of the same bytes.
 
-Run ``.venv/bin/python -m bench.fastpath`` from the repository root; ``--write-docs`` writes the results to
-docs/benchmarks-fastpath.md (a page of its own: docs/benchmarks.md is bench.run's). The method is bench.run's: the
-same generated data (bench.data, 100,000-row files of sample events, snappy: the destination's default codec, so
-every file qualifies), all contestants in this process, interleaved with the first rotating, each into a fresh
-folder, the source warm in the page cache and ``os.sync()`` between runs (bench.measure.interleaved); peak RSS in a
-fresh CLI child (bench.measure.child_peak).
+Run ``.venv/bin/python -m bench.fastpath`` from the repository root; ``--write-docs`` rewrites its section of
+docs/benchmarks.md. The method is bench.run's: the same generated data (bench.data, 100,000-row files of sample
+events, snappy: the destination's default codec, so every file qualifies), all contestants in this process,
+interleaved with the first rotating, each into a fresh folder, the source warm in the page cache and ``os.sync()``
+between runs (bench.measure.interleaved); peak RSS in a fresh CLI child (bench.measure.child_peak).
 
 Contestants: dsexport with the fast path (a whole in-process run: YAML, state, listing, footers, copying with
 SHA-256, fsync and rename per part, manifest); the same run with the fast path switched off
-(``bytecopy.ENABLED``), i.e. the re-encoding path on the same data; and ``shutil.copyfile`` of every source file,
+(``byteCopy: false``), i.e. the re-encoding path on the same data; and ``shutil.copyfile`` of every source file,
 each fsynced, which is what moving these bytes costs at the least. Targets, from issue 12: the fast path at least
 5x faster than re-encoding, within 1.2x of the plain copy, and under 200 MiB peak RSS.
 """
@@ -27,37 +26,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 from bench.baselines import FIRST_AT, Contestant, Output, Prepare, cli, cli_result, dsexport_export, flow_file
 from bench.data import MIB, data_folder, events_source, parquet_paths, warm
 from bench.measure import Timing, child_peak, interleaved, load_average, sha256_seconds
-from bench.report import REPO, Row, code_fingerprint, command, machine_facts, md_table, text_table
+from bench.report import DOCS_NAME, Row, code_fingerprint, command, machine_facts, md_table, text_table, write_section
 from dsexport.destinations.filesystem import FilesystemTransport
-from dsexport.engine import bytecopy
 
 MIN_SPEEDUP = 5.0  # re-encoding / fast path
 MAX_COPY_RATIO = 1.2  # fast path / plain copy
 MAX_RSS_MIB = 200.0
-DOCS_NAME = "docs/benchmarks-fastpath.md"
 
 
 # ------------------------------------------------------------------------------------------- contestants
-
-
-def without_byte_copy(prepare: Prepare) -> Prepare:
-    """The same dsexport run with the fast path switched off: every file is decoded and re-encoded."""
-
-    def prepare_encoding(out: Path) -> Callable[[], Output]:
-        run = prepare(out)
-
-        def run_encoding() -> Output:
-            with mock.patch.object(bytecopy, "ENABLED", False):
-                return run()
-
-        return run_encoding
-
-    return prepare_encoding
 
 
 def plain_copy(source: Path) -> Prepare:
@@ -88,7 +69,7 @@ def _fsync(path: Path) -> None:
 
 
 def contestants(source: Path) -> list[Contestant]:
-    export = dsexport_export(source, "parquet", "snappy")
+    export = dsexport_export(source, "parquet", "snappy", byte_copy=True)
     return [
         Contestant(
             "fastpath",
@@ -103,7 +84,7 @@ def contestants(source: Path) -> list[Contestant]:
             "dsexport, re-encoding path (fast path off)",
             "baseline",
             "the Parquet export of bench.run",
-            without_byte_copy(export),
+            dsexport_export(source, "parquet", "snappy"),
         ),
         Contestant("copyfile", "shutil.copyfile + fsync per file", "baseline", "one thread", plain_copy(source)),
     ]
@@ -116,8 +97,8 @@ def check_paths(source: Path, work: Path) -> str:
     """One untimed run of each dsexport contestant: the fast path must have copied every file (each part the
     source file's bytes), the re-encoding path copied none. Also warms both code paths."""
     expected = sorted(hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in parquet_paths(source))
-    export = dsexport_export(source, "parquet", "snappy")
-    for key, prepare, via in (("check-copy", export, "copy"), ("check-encode", without_byte_copy(export), "encode")):
+    export, encode = (dsexport_export(source, "parquet", "snappy", byte_copy=on) for on in (True, False))
+    for key, prepare, via in (("check-copy", export, "copy"), ("check-encode", encode, "encode")):
         out = work / key
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
@@ -146,7 +127,7 @@ def rss_fastpath(source: Path, rows: int, work: Path, reps: int) -> Rss:
     for rep in range(reps):
         out = work / f"rss-{rep}"
         shutil.rmtree(out, ignore_errors=True)
-        flow = flow_file(out, source=source, fmt="parquet", compression="snappy")
+        flow = flow_file(out, source=source, fmt="parquet", compression="snappy", byte_copy=True)
         os.sync()
         run = child_peak(cli(flow, FIRST_AT))
         result = cli_result(run.stdout)
@@ -277,14 +258,14 @@ def render(results: Results, argv: Sequence[str]) -> str:
     changed = "" if start_code == end_code else f" (**changed during the run**: {end_code} at the end)"
     return "\n".join(
         [
-            "# Benchmarks: the byte-copy fast path",
+            "## Byte-copy fast path",
             "",
             f"Generated by `python -m bench.fastpath` on {results.started:%Y-%m-%d %H:%M} UTC in "
-            f"{results.seconds / 60:.1f} min; re-run the command below to refresh this page rather than editing it "
-            "(docs/benchmarks.md is bench.run's).",
+            f"{results.seconds / 60:.1f} min; re-run the command below to refresh this section rather than editing "
+            "it.",
             "",
             *(["**--quick run: small sizes; the numbers are not representative.**", ""] if results.args.quick else []),
-            "## Results",
+            "### Results",
             "",
             *md_table(
                 ("benchmark", "fast path", "baseline", "ratio", "target", "result"),
@@ -293,19 +274,19 @@ def render(results: Results, argv: Sequence[str]) -> str:
             "",
             MEANING,
             "",
-            *(["## Missed targets and caveats", "", *[n + "\n" for n in results.notes]] if results.notes else []),
-            "## Details",
+            *(["### Missed targets and caveats", "", *[n + "\n" for n in results.notes]] if results.notes else []),
+            "### Details",
             "",
             *results.details,
             "Load average at the start of each section: " + "; ".join(results.loads) + ".",
             "",
             f"Code measured: the `dsexport` package's Python files with SHA-256 prefix `{start_code}`{changed}.",
             "",
-            "## Machine",
+            "### Machine",
             "",
             *md_table(["fact", "value"], machine_facts()),
             "",
-            "## Command",
+            "### Command",
             "",
             "```sh",
             command("bench.fastpath", argv),
@@ -328,7 +309,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--rss-reps", type=int, default=1, help="fresh CLI children for the peak RSS")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not representative")
     p.add_argument("--data-dir", type=Path, help="keep generated sources here and reuse them (e.g. bench/.data)")
-    p.add_argument("--write-docs", action="store_true", help=f"write {DOCS_NAME}")
+    p.add_argument("--write-docs", action="store_true", help=f"rewrite the fast path section of {DOCS_NAME}")
     p.add_argument("--fail-on-miss", action="store_true", help="exit 1 if a target is missed")
     args = p.parse_args(argv)
     defaults = (
@@ -384,8 +365,7 @@ def main(argv: Sequence[str]) -> int:
         print(line)
     print("load average: " + "; ".join(results.loads))
     if args.write_docs:
-        (REPO / DOCS_NAME).write_text(render(results, argv))
-        print(f"wrote {DOCS_NAME}")
+        print(f"wrote {write_section('fastpath', render(results, argv))}")
     missed = any(r.passed is False for r in results.rows)
     return 1 if (missed and args.fail_on_miss) else 0
 

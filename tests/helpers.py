@@ -41,6 +41,7 @@ def flow_yaml(
     schedule: dict[str, Any] | None = None,
     source_format: str = "parquet",
     source_secret: str | None = None,
+    byte_copy: bool | None = None,
 ) -> Path:
     """Manifests for one Dataset ``events`` exported by DatasetExport ``flow`` to Destination ``dest``.
 
@@ -55,6 +56,8 @@ def flow_yaml(
         fmt_block["compression"] = compression
     if max_records:
         fmt_block["maxRecordsPerFile"] = max_records
+    if byte_copy is not None:
+        fmt_block["byteCopy"] = byte_copy
     if destination is None:
         assert dest is not None, "give dest (a local folder) or destination (a backend spec)"
         destination = {"type": "filesystem", "filesystem": {"path": str(dest)}}

@@ -92,8 +92,8 @@ def test_a_reader_sees_the_same_export_whichever_path_made_it(tmp_path: Path, mo
     (tmp_path / "copy").mkdir()
     (tmp_path / "encode").mkdir()
     [copied] = run(flow_yaml(tmp_path / "copy", source=src, dest=tmp_path / "copy" / "dest"), T0)
-    monkeypatch.setattr(bytecopy, "ENABLED", False)
-    [encoded] = run(flow_yaml(tmp_path / "encode", source=src, dest=tmp_path / "encode" / "dest"), T0)
+    flow = flow_yaml(tmp_path / "encode", source=src, dest=tmp_path / "encode" / "dest", byte_copy=False)
+    [encoded] = run(flow, T0)
 
     [by_copy] = committed(tmp_path / "copy" / "dest")
     [by_encoding] = committed(tmp_path / "encode" / "dest")

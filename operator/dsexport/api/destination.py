@@ -166,6 +166,15 @@ class Format(Spec):
             json_schema_extra={"x-kubernetes-int-or-string": True},
         ),
     ] = None
+    byte_copy: Annotated[
+        bool,
+        Field(
+            alias="byteCopy",
+            description="parquet: copy a Parquet source file that already has this codec and the dataset's schema "
+            "as it is, its bytes streamed instead of decoded and re-encoded (its row groups and statistics kept; "
+            "the manifest says which parts were copied). false re-encodes every file.",
+        ),
+    ] = True
 
     @property
     def effective_compression(self) -> str:

@@ -43,8 +43,6 @@ from dsexport.engine.sources import SourceFile
 from dsexport.engine.writers import Hashed, PartFile
 from dsexport.errors import SourceError
 
-# False re-encodes every file: for measuring the re-encoding path on data the fast path would take (bench.fastpath).
-ENABLED = True
 MIN_COPY_BYTES = 1 << 20
 # A copied file moves in chunks: small enough that writing a file starts soon after reading it does (a file is
 # read, hashed and written at once rather than one after the other) and that the chunks in flight (COPY_AHEAD
@@ -125,7 +123,7 @@ def _run_refusal(
     dataset: pads.Dataset, *, fmt: api.Format, source_format: api.SourceFormat, rows_filtered: bool
 ) -> str | None:
     """Why no file of this run can be copied, if none can."""
-    if not ENABLED:
+    if not fmt.byte_copy:
         return "disabled"
     if source_format != api.SourceFormat.parquet or fmt.type != api.OutputFormat.parquet:
         return "format"
