@@ -2,9 +2,9 @@
 
 The page has one section per benchmark, each written by it and left as it is by the others: ``run`` (bench.run:
 from the title to its command) and, after it, ``upload`` (bench.upload), ``fastpath`` (bench.fastpath),
-``listing`` (bench.listing) and ``operator`` (bench.operator), each kept between markers such as
-``<!-- upload:begin -->`` and ``<!-- upload:end -->``. Each benchmark renders its markdown and calls
-``write_section``.
+``servercopy`` (bench.servercopy), ``listing`` (bench.listing) and ``operator`` (bench.operator), each kept
+between markers such as ``<!-- upload:begin -->`` and ``<!-- upload:end -->``. Each benchmark renders its
+markdown and calls ``write_section``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # bench.upload writes here too, without importing what bench.
 REPO = Path(__file__).resolve().parent.parent
 DOCS_NAME = "docs/benchmarks.md"
 DOCS = REPO / DOCS_NAME
-SECTIONS = ("run", "upload", "fastpath", "listing", "operator-history", "operator")
+SECTIONS = ("run", "upload", "fastpath", "servercopy", "listing", "operator-history", "operator")
 """In page order; all but the first between markers. ``operator-history`` is written by hand (repeated runs of
 bench.operator across changes); no benchmark rewrites it."""
 TITLE = "# Benchmarks"

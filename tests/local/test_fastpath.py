@@ -429,14 +429,29 @@ def test_a_manifest_from_before_the_fast_path_reads_as_encoded_parts() -> None:
 
 @pytest.mark.parametrize(
     "entry",
-    [{**ENTRY, "via": "copy"}, {**ENTRY, "via": "encode", "source": "a.parquet"}, {**ENTRY, "via": "move"}],
+    [
+        {**ENTRY, "via": "copy"},
+        {**ENTRY, "via": "encode", "source": "a.parquet"},
+        {**ENTRY, "via": "move"},
+        {**ENTRY, "via": "server-copy", "source": "a.parquet"},  # no entity tag
+        {**ENTRY, "via": "copy", "source": "a.parquet", "etag": "abc"},  # a tag only a copy in the store has
+        {**ENTRY, "sha256": None},  # only the store may have left it out
+        {**ENTRY, "via": "copy", "source": "a.parquet", "sha256": None},
+    ],
 )
 def test_a_part_entry_must_say_consistently_how_it_was_made(entry: dict[str, Any]) -> None:
     with pytest.raises(StateError, match="is not a valid dsexport manifest"):
         parse(_manifest_with([entry]), path="m", dataset_id="events", export_time="202612010000")
 
 
-def test_a_copied_part_entry_round_trips() -> None:
-    entry = {**ENTRY, "via": "copy", "source": "lake/a.parquet"}
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {**ENTRY, "via": "copy", "source": "lake/a.parquet"},
+        {**ENTRY, "via": "server-copy", "source": "lake/a.parquet", "etag": "9b2cf535f27731c974343645a3985328"},
+        {**ENTRY, "via": "server-copy", "source": "lake/a.parquet", "etag": "9b2c-2", "sha256": None},
+    ],
+)
+def test_a_copied_part_entry_round_trips(entry: dict[str, Any]) -> None:
     manifest = parse(_manifest_with([entry]), path="m", dataset_id="events", export_time="202612010000")
     assert manifest.to_json_dict()["files"] == [entry]

@@ -13,10 +13,25 @@ import importlib
 from collections.abc import Mapping
 
 from dsexport import api
-from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, join
+from dsexport.destinations.base import (
+    AlreadyExistsError,
+    DestinationError,
+    ServerCopy,
+    StoredObject,
+    Transport,
+    join,
+)
 from dsexport.destinations.filesystem import FilesystemTransport
 
-__all__ = ["AlreadyExistsError", "DestinationError", "Transport", "join", "open_transport"]
+__all__ = [
+    "AlreadyExistsError",
+    "DestinationError",
+    "ServerCopy",
+    "StoredObject",
+    "Transport",
+    "join",
+    "open_transport",
+]
 
 _MODULES = {
     api.DestinationType.s3: ("dsexport.destinations.s3", "s3"),

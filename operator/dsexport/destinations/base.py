@@ -9,17 +9,51 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
 from dsexport.errors import AlreadyExistsError, DestinationError
 
-__all__ = ["AlreadyExistsError", "DestinationError", "Transport", "Writable", "folder_prefix", "join", "scrub"]
+__all__ = [
+    "AlreadyExistsError",
+    "DestinationError",
+    "ServerCopy",
+    "StoredObject",
+    "Transport",
+    "Writable",
+    "folder_prefix",
+    "join",
+    "scrub",
+]
 
 
 class Writable(Protocol):
     """What a part writer needs from a destination file: sequential writes, nothing else."""
 
     def write(self, data: bytes | memoryview, /) -> int: ...
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A source file that is an object in a store, named the way the store names it: what a copy inside the store
+    needs to know, and to decide whether it may (same store, same identity)."""
+
+    scheme: str  # "s3"
+    endpoint: str | None  # e.g. "http://127.0.0.1:8333"; None: the provider's own
+    bucket: str
+    key: str
+    size: int
+    identity: str | None  # who reads the source, e.g. its access key id (not a secret); None: the ambient one
+
+
+@dataclass(frozen=True)
+class ServerCopy:
+    """What the store says of an object it copied: its size, its entity tag, and its SHA-256 where it computes
+    one (Amazon S3 does; S3-compatible stores may not)."""
+
+    bytes: int
+    etag: str
+    sha256: str | None
 
 
 class Transport(ABC):
@@ -64,6 +98,12 @@ class Transport(ABC):
     @abstractmethod
     def delete(self, keys: Iterable[str]) -> None:
         """Delete keys; missing ones are not an error (a previous cleanup may have got there first)."""
+
+    def server_copy(self, source: StoredObject, key: str) -> ServerCopy | None:
+        """Copy ``source`` to ``key`` inside the store, no data bytes through this process; None when this store
+        cannot (another store or identity, a source it may not read): the caller then streams the bytes. Like
+        ``open_write``, ``key`` appears only complete."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - most transports hold nothing to release
         """Release connections."""

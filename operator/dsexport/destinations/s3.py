@@ -12,6 +12,7 @@ message that says what to fix. botocore's text can echo what was sent, so it nev
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 from collections import deque
@@ -28,6 +29,8 @@ from dsexport.destinations import retry
 from dsexport.destinations.base import (
     AlreadyExistsError,
     DestinationError,
+    ServerCopy,
+    StoredObject,
     Transport,
     Writable,
     folder_prefix,
@@ -38,7 +41,12 @@ from dsexport.destinations.buffer import PartBuffer
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ListObjectsV2OutputTypeDef, ObjectIdentifierTypeDef
+    from mypy_boto3_s3.type_defs import (
+        CompletedPartTypeDef,
+        CopySourceTypeDef,
+        ListObjectsV2OutputTypeDef,
+        ObjectIdentifierTypeDef,
+    )
 
 T = TypeVar("T")
 
@@ -50,6 +58,10 @@ PARTS_IN_FLIGHT = 4
 CONNECT_TIMEOUT_SECONDS = 10
 READ_TIMEOUT_SECONDS = 60
 DELETE_BATCH = 1000  # DeleteObjects' limit
+# CopyObject copies up to 5 GiB in one request; a larger object is copied in ranges of COPY_PART_SIZE
+# (UploadPartCopy), at most 10,000 of them: 5 TiB, S3's largest object.
+MAX_SINGLE_COPY = 5 << 30
+COPY_PART_SIZE = 1 << 30
 PERMISSIONS = "s3:PutObject, s3:GetObject, s3:ListBucket, s3:DeleteObject and s3:AbortMultipartUpload"
 
 _THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"})
@@ -84,6 +96,7 @@ class S3Transport(Transport):
         self._block = block
         self._secret_values = [v for v in credentials.values() if v]
         self._from_secret = bool(credentials)
+        self._access_key_id = credentials.get("accessKeyId") or None
         if self._from_secret and not (credentials.get("accessKeyId") and credentials.get("secretAccessKey")):
             raise DestinationError(f"{name}: the Secret needs both accessKeyId and secretAccessKey")
         session = boto3.session.Session(
@@ -246,6 +259,64 @@ class S3Transport(Transport):
             for failure in self._call(f"delete in {self.describe()}", delete).get("Errors", []):
                 error = boto_errors.ClientError({"Error": failure}, "DeleteObjects")
                 raise self._error(f"delete {self._url(failure.get('Key', ''))}", error)
+
+    def _same_store(self, source: StoredObject) -> bool:
+        """Whether this client can copy ``source`` inside the store: the same endpoint (or both AWS's own) and
+        the same identity (the same access key id, or both the pod's ambient credentials)."""
+        here = (self._block.endpoint or "").rstrip("/").lower() or None
+        there = (source.endpoint or "").rstrip("/").lower() or None
+        return source.scheme == "s3" and here == there and source.identity == self._access_key_id
+
+    def server_copy(self, source: StoredObject, key: str) -> ServerCopy | None:
+        if not self._same_store(source):
+            return None
+        what = f"copy s3://{source.bucket}/{source.key} to {self._url(key)}"
+        try:
+            return retry.call(lambda: self._copy(source, key), transient=_transient)
+        except boto_errors.ClientError as e:
+            if _transient(e):
+                raise self._error(what, e) from None
+            # Not readable with these credentials, gone, or a store without the operation: the byte stream
+            # reads it the way the source is configured, and reports whatever is really wrong.
+            return None
+        except boto_errors.BotoCoreError as e:
+            raise self._error(what, e) from None
+
+    def _copy(self, source: StoredObject, key: str) -> ServerCopy:
+        origin: CopySourceTypeDef = {"Bucket": source.bucket, "Key": source.key}
+        if source.size <= MAX_SINGLE_COPY:
+            reply = self._s3.copy_object(
+                Bucket=self.bucket, Key=key, CopySource=origin, ChecksumAlgorithm="SHA256", **self._sse
+            )
+            checksum = reply.get("CopyObjectResult", {}).get("ChecksumSHA256")
+        else:
+            self._copy_in_ranges(origin, source.size, key)
+            checksum = None  # a multipart object's checksum is one of its parts' checksums, not the file's
+        head = self._s3.head_object(Bucket=self.bucket, Key=key)
+        sha256 = base64.b64decode(checksum).hex() if checksum else None
+        return ServerCopy(bytes=int(head["ContentLength"]), etag=head["ETag"].strip('"'), sha256=sha256)
+
+    def _copy_in_ranges(self, origin: CopySourceTypeDef, size: int, key: str) -> None:
+        upload_id = self._s3.create_multipart_upload(Bucket=self.bucket, Key=key, **self._sse)["UploadId"]
+        try:
+            parts: list[CompletedPartTypeDef] = []
+            for number, start in enumerate(range(0, size, COPY_PART_SIZE), start=1):
+                reply = self._s3.upload_part_copy(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=origin,
+                    CopySourceRange=f"bytes={start}-{min(start + COPY_PART_SIZE, size) - 1}",
+                )
+                parts.append({"ETag": reply["CopyPartResult"]["ETag"], "PartNumber": number})
+            self._s3.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            with contextlib.suppress(boto_errors.ClientError, boto_errors.BotoCoreError):
+                self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
 
     def close(self) -> None:
         self._s3.close()

@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dsexport import api
-from dsexport.destinations import Transport
+from dsexport.destinations import ServerCopy, StoredObject, Transport, join
 from dsexport.engine import writers
 from dsexport.engine.sources import SourceFile
 from dsexport.engine.writers import Hashed, PartFile
@@ -193,6 +193,7 @@ def copy_parts(
     folder: str,
     run_id: str,
     on_records: Callable[[int], None] | None = None,
+    stored: Callable[[SourceFile], StoredObject | None] = lambda _: None,
 ) -> list[PartFile]:
     """Each file of ``copies`` into a part of its own, numbered from 0 in order.
 
@@ -202,12 +203,20 @@ def copy_parts(
     ``parallel_writes`` files are copied at once. After a failure no new file is started, the ones under way
     finish, and the first failure (in file order) is raised: parts already written are leftovers that the next
     run of the slot removes, as with any failed run.
+
+    A file that is an object in the destination's own store (``stored``), readable by the destination's
+    identity, is copied inside the store instead (``Transport.server_copy``): no data byte passes through here.
     """
     assert isinstance(dataset, pads.FileSystemDataset)
     filesystem = dataset.filesystem
 
     def copy(index: int) -> PartFile:
         item = copies[index]
+        name = writers.part_name(index, run_id, fmt)
+        source = stored(item.listed)
+        done = None if source is None else transport.server_copy(source, join(folder, name))
+        if done is not None:
+            return _copied_in_store(done, item, transport=transport, folder=folder, name=name)
         with _FileReader(filesystem, item) as reader:
             return writers.copy_part(
                 reader.pieces(),
@@ -216,7 +225,7 @@ def copy_parts(
                 records=item.records,
                 transport=transport,
                 folder=folder,
-                name=writers.part_name(index, run_id, fmt),
+                name=name,
             )
 
     workers = max(1, min(transport.parallel_writes, len(copies)))
@@ -235,6 +244,21 @@ def copy_parts(
                 future.cancel()
             wait(in_flight)
     return parts
+
+
+def _copied_in_store(done: ServerCopy, item: CopyFile, *, transport: Transport, folder: str, name: str) -> PartFile:
+    """The part the store copied; one whose size is not the listed size was copied from a file that changed after
+    its footer was checked, so it is removed and the run fails, transiently (as the byte stream does)."""
+    if done.bytes != item.listed.size:
+        transport.delete([join(folder, name)])
+        raise SourceError(
+            f"source file {item.listed.path} changed while it was exported ({done.bytes} bytes, listed with "
+            f"{item.listed.size}); source files must not change once visible",
+            transient=True,
+        )
+    return PartFile(
+        name, item.records, done.bytes, done.sha256, via="server-copy", source=item.listed.path, etag=done.etag
+    )
 
 
 def _done(future: Future[PartFile], item: CopyFile, on_records: Callable[[int], None] | None) -> PartFile:

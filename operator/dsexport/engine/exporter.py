@@ -329,6 +329,7 @@ def write(
         folder=slot.folder,
         run_id=slot.run_id,
         on_records=on_records,
+        stored=selection.source.stored_object,
     )
     cursor_max = cursor.value if cursor else None
     if plan.encode is not None:
@@ -404,7 +405,9 @@ def build_manifest(
         records=sum(p.records for p in written.parts),
         bytes=sum(p.bytes for p in written.parts),
         files=[
-            PartEntry(path=p.path, records=p.records, bytes=p.bytes, sha256=p.sha256, via=p.via, source=p.source)
+            PartEntry(
+                path=p.path, records=p.records, bytes=p.bytes, sha256=p.sha256, via=p.via, source=p.source, etag=p.etag
+            )
             for p in written.parts
         ],
         watermark=written.range,

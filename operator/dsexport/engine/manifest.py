@@ -71,20 +71,28 @@ class PartEntry(Model):
 
     ``via: encode``: rows decoded from the source and encoded into the part; ``via: copy``: the bytes of the source
     file ``source`` (relative to the source root), unchanged. A consumer can tell the two apart (the copy keeps the
-    source's row groups and statistics) and audit a copy against its source by size and sha256.
+    source's row groups and statistics) and audit a copy against its source by size and sha256. ``via:
+    server-copy``: the same, copied inside the store, so no byte passed through the exporter: the part carries the
+    store's entity tag (``etag``) and a sha256 only where the store computed one (Amazon S3 does).
     """
 
     path: Annotated[str, Field(min_length=1)]
     records: Annotated[int, Field(ge=0)]
     bytes: Annotated[int, Field(ge=0)]
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    via: Literal["encode", "copy"] = "encode"
+    sha256: Annotated[str | None, Field(pattern=r"^[0-9a-f]{64}$")]
+    via: Literal["encode", "copy", "server-copy"] = "encode"
     source: Annotated[str | None, Field(min_length=1, exclude_if=lambda v: v is None)] = None
+    etag: Annotated[str | None, Field(min_length=1, max_length=256, exclude_if=lambda v: v is None)] = None
 
     @model_validator(mode="after")
-    def _source_of_a_copy(self) -> PartEntry:
-        if (self.via == "copy") != (self.source is not None):
+    def _how_it_was_made(self) -> PartEntry:
+        copied = self.via in ("copy", "server-copy")
+        if copied != (self.source is not None):
             raise ValueError("a copied part names its source file, and only a copied part does")
+        if (self.via == "server-copy") != (self.etag is not None):
+            raise ValueError("a part copied inside the store has its entity tag, and only such a part does")
+        if self.sha256 is None and self.via != "server-copy":
+            raise ValueError("a part written by the exporter has its sha256")
         return self
 
 

@@ -13,6 +13,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from dsexport import api
+from dsexport.destinations import StoredObject
 from dsexport.engine import partitions
 from dsexport.errors import SourceError
 
@@ -87,6 +88,20 @@ class Source:
         self.fs, self.root = _filesystem(spec.uri, credentials or {})
         self.root = self.root.rstrip("/")
         self.format = spec.format
+        self._identity = (credentials or {}).get("accessKeyId") or None
+
+    def stored_object(self, file: SourceFile) -> StoredObject | None:
+        """``file`` as its object store names it, for a copy inside the store; None for a local file (and for
+        stores without such a copy yet)."""
+        parts = urlsplit(self.spec.uri)
+        if parts.scheme != "s3":
+            return None
+        where = _query(parts.query, "endpoint_override", "scheme")
+        host = where.get("endpoint_override")
+        endpoint = f"{where.get('scheme', 'https')}://{host}" if host else None
+        bucket, _, prefix = self.root.partition("/")
+        key = f"{prefix}/{file.path}" if prefix else file.path
+        return StoredObject("s3", endpoint, bucket, key, file.size, self._identity)
 
     def list_files(self, newer_than_ns: int | None = None) -> list[SourceFile]:
         """Data files under the root, recursively, oldest first; hidden and ``_``-prefixed names (markers, temp

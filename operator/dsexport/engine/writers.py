@@ -25,7 +25,7 @@ from dsexport.engine.sink import WriteBehindSink
 from dsexport.errors import SchemaError, SourceError
 
 # How a part was made: decoded and re-encoded, or the bytes of one source file as they are.
-Via = Literal["encode", "copy"]
+Via = Literal["encode", "copy", "server-copy"]
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,10 @@ class PartFile:
     path: str  # relative to the exportTime folder
     records: int
     bytes: int
-    sha256: str
+    sha256: str | None  # None only for a copy made inside the store, which did not compute one
     via: Via = "encode"
     source: str | None = None  # for a copy: the source file, relative to the source root
+    etag: str | None = None  # for a copy made inside the store: the store's entity tag of the part
 
 
 @dataclass(frozen=True)
