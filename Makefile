@@ -74,8 +74,13 @@ crds: $(VENV)/.stamp
 	$(PY) -m dsexport.api.crdgen crds
 	$(PY) -m dsexport.api.refdoc docs/resources.md
 
-bench: $(VENV)/.stamp
-	$(PY) -m bench.run
+# Export speed and memory against hand-written baselines (pyarrow, polars, DuckDB), the byte-copy fast path, the
+# copy inside an S3 store (SeaweedFS) and partition-pruned listing; BENCH_ARGS (e.g. --write-docs) goes to each.
+bench: $(VENV)/.stamp test-servers
+	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.fastpath $(BENCH_ARGS)
+	$(PY) -m bench.servercopy $(BENCH_ARGS)
+	$(PY) -m bench.listing $(BENCH_ARGS)
 
 # Upload throughput per destination against each SDK's plain upload, on the real test servers.
 bench-upload: $(VENV)/.stamp test-servers
