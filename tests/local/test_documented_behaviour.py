@@ -393,12 +393,6 @@ def test_new_files_with_zero_rows_commit_and_move_the_watermark(tmp_path: Path, 
     assert sorted(read_committed_ids(dest)) == list(range(5))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a new empty NDJSON file (0 bytes, as writers leave for empty partitions) fails the run "
-    "with a permanent SourceFailed ('Empty JSON stream') instead of committing zero rows, and every later run "
-    "fails the same way since the file stays new",
-)
 def test_a_new_empty_ndjson_file_commits_zero_rows(tmp_path: Path) -> None:
     src, dest = tmp_path / "lake", tmp_path / "dest"
     src.mkdir()
@@ -557,13 +551,6 @@ def test_a_cursor_of_whole_seconds_from_csv(tmp_path: Path, tz: str | None) -> N
     assert sorted(read_committed_ids(dest)) == [0, 1, 3, 11]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="product bug: a timestamp[ns] cursor whose maximum is not a whole microsecond cannot be shown "
-    "(watermark.column_state calls str() on the scalar, which needs pandas for nanoseconds): the export "
-    "raises ValueError after writing its parts, outside the error hierarchy, and never commits",
-)
 @pytest.mark.parametrize("tz", [None, "UTC"])
 def test_a_nanosecond_cursor_keeps_its_nanoseconds(tmp_path: Path, tz: str | None) -> None:
     src, dest = tmp_path / "lake", tmp_path / "dest"

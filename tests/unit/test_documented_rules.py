@@ -70,7 +70,7 @@ def test_the_cursor_filter_never_lets_a_null_through_and_is_strictly_greater() -
 
 def _timestamp(unit: str, tz: str | None) -> pa.Scalar:
     ticks = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
-    below = {"s": 0, "ms": 123, "us": 123_456, "ns": 123_456_000}[unit]  # whole microseconds: see the xfail
+    below = {"s": 0, "ms": 123, "us": 123_456, "ns": 123_456_789}[unit]
     return pa.scalar(1_796_083_200 * ticks + below, pa.int64()).cast(pa.timestamp(unit, tz=tz))
 
 
@@ -103,12 +103,6 @@ def test_every_cursor_type_is_stored_exactly_and_read_back_as_itself(value: pa.S
     assert (resumed.type, resumed) == (value.type, value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="product bug: column_state shows the value with str(), which for a timestamp[ns] that is not a whole "
-    "microsecond needs pandas (not installed): ValueError instead of a state",
-)
 def test_a_nanosecond_cursor_value_is_stored_exactly() -> None:
     value = pa.scalar(1_796_083_200_123_456_789, pa.int64()).cast(pa.timestamp("ns"))
     committed = watermark.column_state(watermark.ColumnCursor("c", None), value)

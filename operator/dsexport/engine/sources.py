@@ -192,7 +192,10 @@ class Source:
         The schema unifies every file's (columns added over time, an empty file's null-typed columns,
         int32 widened to int64), instead of trusting the first file and failing or dropping columns later.
         """
-        paths = [f"{self.root}/{f.path}" for f in files]
+        # An empty NDJSON or CSV file holds no rows (writers leave them for empty partitions), but Arrow refuses
+        # it as an empty stream; it stays in the selection, so it counts as exported, and is not read.
+        skip_empty = self.format in (api.SourceFormat.json, api.SourceFormat.csv)
+        paths = [f"{self.root}/{f.path}" for f in files if not (skip_empty and f.size == 0)]
         try:
             factory = pads.FileSystemDatasetFactory(
                 self.fs, paths, self._file_format(), pads.FileSystemFactoryOptions()

@@ -106,12 +106,20 @@ def column_state(cursor: ColumnCursor, new_max: pa.Scalar | None) -> ColumnState
     value = new_max if new_max is not None and new_max.is_valid else cursor.value
     if value is None:
         return ColumnState(column=cursor.column)
-    return ColumnState(column=cursor.column, type=str(value.type), value=_encode(value), display=str(value))
+    return ColumnState(column=cursor.column, type=str(value.type), value=_encode(value), display=_display(value))
+
+
+def _display(value: pa.Scalar) -> str:
+    """A cursor value for people: as Python shows it, but a nanosecond timestamp as Arrow does (Python's datetime
+    has no nanoseconds, and pyarrow converts one through pandas, which the exporter does not install)."""
+    if pa.types.is_timestamp(value.type) and value.type.unit == "ns":
+        return str(value.cast(pa.string()).as_py())
+    return str(value)
 
 
 def column_range(cursor: ColumnCursor, state: ColumnState) -> WatermarkRange:
     """From the cursor the run started at to the one it commits, for people."""
-    start = str(cursor.value) if cursor.value is not None else None
+    start = _display(cursor.value) if cursor.value is not None else None
     return WatermarkRange(strategy="column", from_=start, to=state.display)
 
 
