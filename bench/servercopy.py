@@ -204,7 +204,7 @@ def render(contestants: list[Contestant], *, size: int, objects: int, load: str,
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.servercopy", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--rows", type=int, default=4_000_000, help="rows per source object (default 4,000,000)")
-    p.add_argument("--objects", type=int, default=5, help="source objects, same content (default 5: ~1.1 GiB)")
+    p.add_argument("--objects", type=int, default=6, help="source objects, same content (default 6: about 1 GiB)")
     p.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
     p.add_argument("--quick", action="store_true", help="smoke test: 400,000 rows, 2 objects, 1 repetition")
     p.add_argument("--data-dir", type=Path, help="generated data (default: a temporary folder)")
