@@ -117,7 +117,7 @@ def test_kubectl_of_the_same_release_talks_to_it(control_plane: ControlPlane) ->
 
 
 def test_a_cron_job_the_watch_has_not_reported_yet_is_still_deleted_when_its_dataset_goes_and_events_say_so(
-    api: client.ApiClient, crds: list[str], namespace: str
+    api: client.ApiClient, kubeconfig: Path, crds: list[str], namespace: str
 ) -> None:
     """The race CI once lost: the flow's CronJob is created, its Dataset is deleted before the CronJob watch
     reports the new CronJob, and the next reconciliation (with an empty CronJob index) must still remove it."""
@@ -143,7 +143,7 @@ def test_a_cron_job_the_watch_has_not_reported_yet_is_still_deleted_when_its_dat
             },
         }
     )
-    reconciler = Reconciler(Kube(api), Settings())
+    reconciler = Reconciler(Kube.connect(str(kubeconfig)), Settings())  # the operator's own client
     now = dt.datetime.now(dt.UTC)
     batch = client.BatchV1Api(api)
 
