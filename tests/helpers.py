@@ -6,12 +6,14 @@ import datetime as dt
 import gzip
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from dsexport.api import loader
@@ -19,6 +21,7 @@ from dsexport.cli import local
 from dsexport.destinations import Transport, join
 from dsexport.destinations.filesystem import FilesystemTransport
 from dsexport.engine import DatasetResult
+from dsexport.engine.sources import Source
 
 START = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 
@@ -169,3 +172,17 @@ def source_ids(source: Path) -> list[int]:
     for f in sorted(source.rglob("*.parquet")):
         ids.extend(pq.read_table(f, columns=["_id"]).column("_id").to_pylist())
     return ids
+
+
+class ListingSpy:
+    """Records every folder a Source lists, relative to ``root``, and whether recursively."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+        self.calls: list[tuple[str, bool]] = []
+        original = Source._list
+
+        def spy(source: Source, folder: str, *, recursive: bool, missing_ok: bool) -> Any:
+            self.calls.append((os.path.relpath(folder, root), recursive))
+            return original(source, folder, recursive=recursive, missing_ok=missing_ok)
+
+        monkeypatch.setattr(Source, "_list", spy)

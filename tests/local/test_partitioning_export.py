@@ -6,16 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from examples import sample
-from tests.helpers import START, committed, flow_yaml, read_committed_ids
+from tests.helpers import START, ListingSpy, committed, flow_yaml, read_committed_ids
 from tests.helpers import run_local as run
 
 from dsexport.engine import Outcome
-from dsexport.engine.sources import Source
 
 T0 = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)
 ROWS = 100
@@ -43,18 +41,8 @@ class Lake:
         return list(range(first, self.next_id))
 
 
-class Listings:
-    """Every folder the runs list, relative to the source, and whether recursively."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
-        self.calls: list[tuple[str, bool]] = []
-        original = Source._list
-
-        def spy(source: Source, folder: str, *, recursive: bool, missing_ok: bool) -> Any:
-            self.calls.append((os.path.relpath(folder, root), recursive))
-            return original(source, folder, recursive=recursive, missing_ok=missing_ok)
-
-        monkeypatch.setattr(Source, "_list", spy)
+class Listings(ListingSpy):
+    """Every folder the runs list, relative to the source, and whether recursively, taken run by run."""
 
     def take(self) -> list[tuple[str, bool]]:
         calls, self.calls = sorted(self.calls), []

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from tests.helpers import ListingSpy
 
 from dsexport.api import Dataset, Partitioning, SourceFormat, parse_duration_seconds
 from dsexport.api import Source as SourceSpec
@@ -196,20 +197,6 @@ def make_tree(root: Path, files: dict[str, int]) -> None:
         os.utime(path, ns=(mtime, mtime))
 
 
-class Spy:
-    """Records every folder a Source lists, and how."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
-        self.calls: list[tuple[str, bool]] = []
-        original = Source._list
-
-        def spy(source: Source, folder: str, *, recursive: bool, missing_ok: bool) -> Any:
-            self.calls.append((os.path.relpath(folder, root), recursive))
-            return original(source, folder, recursive=recursive, missing_ok=missing_ok)
-
-        monkeypatch.setattr(Source, "_list", spy)
-
-
 def source(root: Path, partitioning: Partitioning | None) -> Source:
     return Source(SourceSpec(uri=str(root), format=SourceFormat.parquet, partitioning=partitioning))
 
@@ -220,7 +207,7 @@ DAILY = Partitioning(key="date", format="%Y-%m-%d", lateness="0s")
 def test_only_recent_partitions_are_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tree = {f"date=2026-11-{d:02d}/part-{i}.parquet": ns(2026, 11, d, 12 + i) for d in range(1, 31) for i in range(3)}
     make_tree(tmp_path, tree)
-    spy = Spy(monkeypatch, tmp_path)
+    spy = ListingSpy(monkeypatch, tmp_path)
 
     listed = source(tmp_path, DAILY).list_files(newer_than_ns=ns(2026, 11, 29, 23))
 
@@ -236,7 +223,7 @@ def test_nested_folders_are_pruned_level_by_level(tmp_path: Path, monkeypatch: p
         for d in (1, 15, 28)
     }
     make_tree(tmp_path, tree)
-    spy = Spy(monkeypatch, tmp_path)
+    spy = ListingSpy(monkeypatch, tmp_path)
 
     listed = source(tmp_path, Partitioning(format="%Y/%m/%d", lateness="0s")).list_files(ns(2026, 12, 16))
 
@@ -268,7 +255,7 @@ def test_without_a_declaration_or_a_horizon_everything_is_listed_in_one_go(
 ) -> None:
     tree = {f"date=2026-11-{d:02d}/f.parquet": ns(2026, 11, d) for d in range(1, 6)}
     make_tree(tmp_path, tree)
-    spy = Spy(monkeypatch, tmp_path)
+    spy = ListingSpy(monkeypatch, tmp_path)
 
     undeclared = source(tmp_path, None).list_files(newer_than_ns=ns(2026, 11, 5))
     first_export = source(tmp_path, DAILY).list_files(newer_than_ns=None)
