@@ -154,7 +154,9 @@ def read_committed_ids(dest: Path | Transport, dataset_id: str = "events", folde
 
 
 def assert_only_committed_files(dest: Path | Transport, dataset_id: str = "events", folder: str = "out") -> None:
-    """Every slot folder is committed and holds exactly its manifest's files: no leftovers of killed runs."""
+    """Every slot folder is committed and holds exactly its manifest's files and markers, every commit but the
+    latest the claim on its successor, and the dataset folder the claim on the first: no leftovers of killed or
+    losing runs."""
     t = _transport(dest)
     root = join(folder, dataset_id)
     manifests = {f"exportTime={m['exportTime']}": m for m in committed(t, dataset_id, folder)}
@@ -162,9 +164,13 @@ def assert_only_committed_files(dest: Path | Transport, dataset_id: str = "event
     for key in t.list_keys(root):
         slot, _, name = key[len(root) + 1 :].partition("/")
         listed.setdefault(slot, set()).add(name)
+    if manifests:
+        assert listed.pop("_first.json", None) == {""}, "the claim on the first commit is missing"
     assert set(listed) == set(manifests), f"uncommitted folders remain: {sorted(set(listed) - set(manifests))}"
+    latest = max(manifests, default=None)
     for slot, names in listed.items():
-        assert names == {f["path"] for f in manifests[slot]["files"]} | {"_manifest.json", "_SUCCESS"}, slot
+        claim = {"_next.json"} if slot != latest else set()
+        assert names == {f["path"] for f in manifests[slot]["files"]} | {"_manifest.json", "_SUCCESS"} | claim, slot
 
 
 def source_ids(source: Path) -> list[int]:

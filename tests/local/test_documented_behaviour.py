@@ -34,7 +34,6 @@ from tests.helpers import run_local as run
 
 from dsexport.cli import main
 from dsexport.engine import DatasetResult, Outcome
-from dsexport.engine.exporter import run_id
 
 T0 = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)  # slot 202612010000 of the helper's 3-hourly schedule
 H = dt.timedelta(hours=1)
@@ -282,7 +281,7 @@ def test_a_rerun_of_a_committed_slot_removes_its_temporary_files_and_keeps_its_p
     first = exported(run(flow, T0)[0])
     slot = slot_dir(dest, SLOT0)
     committed_files = tree(slot)
-    rid = run_id("flow", "events", SLOT0)
+    rid = "0123456789abcdef"  # a killed attempt's
     temporaries = [slot / f".part-00001-{rid}.parquet.tmp-4242", slot / f".part-00009-{rid}.parquet.tmp-7"]
     for t in temporaries:
         t.write_bytes(b"an interrupted write")
@@ -315,7 +314,7 @@ def test_a_run_for_an_older_committed_slot_completes_it_and_keeps_its_data(tmp_p
 
     old = slot_dir(dest, SLOT0)
     (old / "_SUCCESS").unlink()  # killed between the manifest and the marker, long ago
-    temporary = old / f".part-00000-{run_id('flow', 'events', SLOT0)}.parquet.tmp-99"
+    temporary = old / ".part-00000-0123456789abcdef.parquet.tmp-99"
     temporary.write_bytes(b"temp")
     old_files = {k: v for k, v in tree(old).items() if not k.startswith(".")}
     newer_files = tree(slot_dir(dest, SLOT3))

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,14 +16,9 @@ from examples import sample
 from tests.helpers import START, committed, flow_yaml, read_committed_ids, source_ids
 from tests.helpers import run_local as run
 
-from dsexport.engine import DatasetResult, Outcome
-from dsexport.engine.exporter import run_id
+from dsexport.engine import Outcome
 
 T0 = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)  # slot 2026-12-01 00:00 (hourly, every 3 h)
-
-
-def first_run_id(result: DatasetResult) -> str:
-    return run_id("flow", result.dataset_id, str(result.export_time))
 
 
 @pytest.fixture
@@ -51,7 +47,9 @@ def test_backfill_then_incremental(tmp_path: Path, src: Path, fmt: str, compress
     slot = dest / "out" / "events" / "exportTime=202612010000"
     names = sorted(p.name for p in slot.iterdir())
     assert names[:2] == ["_SUCCESS", "_manifest.json"]
-    assert names[2:] == [f"part-0000{i}-{first_run_id(first)}{suffix}" for i in range(3)]
+    [run_id] = {m["runId"] for m in committed(dest)}
+    assert re.fullmatch(r"[0-9a-f]{16}", run_id)  # random: no other attempt writes these names
+    assert names[2:] == [f"part-0000{i}-{run_id}{suffix}" for i in range(3)]
 
     sample.write_files(src, files=1, rows_per_file=1_000, seed=7, start=START, id_offset=10_000)
     [second] = run(flow, T0 + dt.timedelta(hours=3))
@@ -84,7 +82,7 @@ def test_no_new_data_leaves_nothing_behind(tmp_path: Path, src: Path) -> None:
     run(flow, T0)
     [result] = run(flow, T0 + dt.timedelta(hours=3))
     assert result.outcome == Outcome.no_new_data
-    assert [p.name for p in (dest / "out" / "events").iterdir()] == ["exportTime=202612010000"]
+    assert sorted(p.name for p in (dest / "out" / "events").iterdir()) == ["_first.json", "exportTime=202612010000"]
 
 
 def test_same_slot_twice_is_a_no_op(tmp_path: Path, src: Path) -> None:
@@ -189,7 +187,7 @@ def test_a_run_behind_the_latest_commit_ends_without_writing(tmp_path: Path, src
     assert (behind.outcome, behind.records) == (Outcome.already_committed, 0)
     assert "is before the latest committed export 202612020000, which already covers it" in behind.message
     assert [m["exportTime"] for m in committed(dest)] == ["202612020000"]
-    assert [p.name for p in (dest / "out" / "events").iterdir()] == ["exportTime=202612020000"]
+    assert sorted(p.name for p in (dest / "out" / "events").iterdir()) == ["_first.json", "exportTime=202612020000"]
     [later] = run(flow, T0 + dt.timedelta(days=1, hours=3))
     assert (later.outcome, later.records) == (Outcome.exported, 10)  # the new file waited for a later slot
 
@@ -200,7 +198,6 @@ def test_export_time_picks_the_folder_instead_of_the_slot(tmp_path: Path, src: P
     [now] = run(flow, T0 + dt.timedelta(hours=9), export_time="202612011007")  # the slot would be 202612010900
     assert (now.outcome, now.export_time, now.records) == (Outcome.exported, "202612011007", 6_000)
     assert now.folder is not None and now.folder.endswith("out/events/exportTime=202612011007")
-    assert committed(dest)[0]["runId"] == run_id("flow", "events", "202612011007")
     # A retry of the same run-now Job, later and with new data at the source: same folder, nothing exported twice.
     sample.write_files(src, files=1, rows_per_file=10, seed=3, start=START, id_offset=50_000)
     [retry] = run(flow, T0 + dt.timedelta(hours=12), export_time="202612011007")

@@ -13,7 +13,7 @@ from examples import sample
 from tests.helpers import START, flow_yaml
 from tests.helpers import run_local as run
 
-from dsexport.destinations import AlreadyExistsError, join
+from dsexport.destinations import join
 from dsexport.destinations.filesystem import FilesystemTransport
 from dsexport.engine import Outcome, commit
 from dsexport.engine import manifest as manifests
@@ -40,7 +40,7 @@ def manifest_path(dest: Path, slot: str = SLOT) -> Path:
     return dest / PREFIX / f"exportTime={slot}" / "_manifest.json"
 
 
-def test_read_state_returns_the_latest_commit_and_newer_uncommitted_slots(exported: tuple[Path, Path]) -> None:
+def test_read_state_returns_the_latest_commit_and_every_slot(exported: tuple[Path, Path]) -> None:
     _, dest = exported
     t = FilesystemTransport(dest)
     for leftover in ("202612010300", "202612010600"):  # killed runs: parts, no manifest
@@ -51,12 +51,12 @@ def test_read_state_returns_the_latest_commit_and_newer_uncommitted_slots(export
     assert isinstance(state.latest, Manifest)
     assert state.latest.records == 300 and state.latest.dataset_export == "flow"
     assert isinstance(state.latest.state, FilesState)
-    assert state.uncommitted == ("202612010600", "202612010300")  # newest first; the older one is not looked at
+    assert state.slots == ("202611300000", SLOT, "202612010300", "202612010600")
 
 
 def test_read_state_of_an_empty_destination(tmp_path: Path) -> None:
     state = commit.read_state(FilesystemTransport(tmp_path), PREFIX, dataset_id="events")
-    assert (state.latest, state.latest_slot, state.uncommitted) == (None, None, ())
+    assert (state.latest, state.latest_slot, state.slots) == (None, None, ())
 
 
 @pytest.mark.parametrize(
@@ -182,33 +182,116 @@ def test_commits_only_move_forward(exported: tuple[Path, Path]) -> None:
     assert sorted(t.list_keys(join(PREFIX, f"exportTime={SLOT}"))) == committed_files
 
 
-def test_commit_is_create_only_and_marks_success(exported: tuple[Path, Path]) -> None:
+def _successor(latest: Manifest, export_time: str, run_id: str) -> Manifest:
+    """A commit after ``latest`` of no files, by the attempt ``run_id``."""
+    return latest.model_copy(
+        update={
+            "export_time": export_time,
+            "previous": latest.export_time,
+            "sequence": latest.sequence + 1,
+            "run_id": run_id,
+            "files": [],
+            "records": 0,
+            "bytes": 0,
+        }
+    )
+
+
+def test_commit_claims_the_successor_once_and_publishes_the_manifest(exported: tuple[Path, Path]) -> None:
     _, dest = exported
     t = FilesystemTransport(dest)
     latest = commit.read_state(t, PREFIX, dataset_id="events").latest
     assert latest is not None
     folder = join(PREFIX, "exportTime=202612010300")
-    again = latest.model_copy(update={"export_time": "202612010300"})
-    commit.commit(t, folder, again)
+    mine = _successor(latest, "202612010300", "a" * 16)
+    commit.commit(t, PREFIX, mine)
+    assert t.get(join(PREFIX, f"exportTime={SLOT}", commit.NEXT)) == mine.to_bytes()
+    assert t.get(join(folder, commit.MANIFEST)) == mine.to_bytes()
     assert t.exists(join(folder, commit.SUCCESS))
-    assert (
-        manifests.parse(
-            t.get(join(folder, commit.MANIFEST)) or b"", path="x", dataset_id="events", export_time="202612010300"
-        )
-        == again
-    )
-    with pytest.raises(AlreadyExistsError):
-        commit.commit(t, folder, again)
+    commit.commit(t, PREFIX, mine)  # a retry after a lost reply finds its own claim: done, not lost
+
+    # Another attempt from the same commit loses, whatever its slot, and the winner is named.
+    for slot in ("202612010300", "202612010600"):
+        with pytest.raises(commit.Superseded) as lost:
+            commit.commit(t, PREFIX, _successor(latest, slot, "b" * 16))
+        assert lost.value.winner == mine
+    assert not t.exists(join(PREFIX, "exportTime=202612010600", commit.MANIFEST))
+    state = commit.read_state(t, PREFIX, dataset_id="events")
+    assert (state.latest, state.latest_slot) == (mine, "202612010300")
 
 
-def test_finish_committed_completes_the_marker_and_drops_temporary_files(exported: tuple[Path, Path]) -> None:
+def test_read_state_publishes_a_commit_whose_run_was_killed_after_claiming(exported: tuple[Path, Path]) -> None:
     _, dest = exported
     t = FilesystemTransport(dest)
+    latest = commit.read_state(t, PREFIX, dataset_id="events").latest
+    assert latest is not None
+    claimed = _successor(latest, "202612010300", "c" * 16)
+    t.put(join(PREFIX, f"exportTime={SLOT}", commit.NEXT), claimed.to_bytes())  # killed before publishing
+    state = commit.read_state(t, PREFIX, dataset_id="events")
+    assert (state.latest, state.latest_slot) == (claimed, "202612010300")
+    folder = join(PREFIX, "exportTime=202612010300")
+    assert t.get(join(folder, commit.MANIFEST)) == claimed.to_bytes()
+    assert t.exists(join(folder, commit.SUCCESS))
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"previous": "202611300000"}, "the commit chain is damaged"),
+        ({"sequence": 7}, "the commit chain is damaged"),
+        ({"exportTime": "202611300000", "previous": SLOT}, "the commit chain is damaged"),
+        ({"files": [{"path": "part-00000-gone.parquet", "records": 0, "bytes": 0, "sha256": "0" * 64}]}, "not there"),
+    ],
+)
+def test_a_claim_that_does_not_follow_the_latest_commit_is_refused(
+    exported: tuple[Path, Path], change: dict[str, object], says: str
+) -> None:
+    _, dest = exported
+    t = FilesystemTransport(dest)
+    latest = commit.read_state(t, PREFIX, dataset_id="events").latest
+    assert latest is not None
+    claimed = Manifest.model_validate(
+        {**_successor(latest, "202612010300", "d" * 16).model_dump(by_alias=True, mode="json"), **change}
+    )
+    t.put(join(PREFIX, f"exportTime={SLOT}", commit.NEXT), claimed.to_bytes())
+    with pytest.raises(StateError, match=says) as refused:
+        commit.read_state(t, PREFIX, dataset_id="events")
+    assert commit.NEXT in str(refused.value) or "exportTime=202612010300" in str(refused.value)
+    assert not t.exists(join(PREFIX, "exportTime=202612010300", commit.MANIFEST))
+
+
+def test_clean_behind_removes_what_the_latest_commit_made_garbage_and_nothing_newer(
+    exported: tuple[Path, Path],
+) -> None:
+    _, dest = exported
+    t = FilesystemTransport(dest)
+    first = commit.read_state(t, PREFIX, dataset_id="events").latest
+    assert first is not None
+    loser = join(PREFIX, "exportTime=202612010100", "part-00000-1111111111111111.parquet")  # lost to the commit
+    killed = join(PREFIX, "exportTime=202612010300", ".part-00000-2222222222222222.parquet.tmp-1")
+    live = join(PREFIX, "exportTime=202612010600", "part-00000-3333333333333333.parquet")  # after it: may be live
+    older = join(PREFIX, "exportTime=202611300000", "part-00000-4444444444444444.parquet")  # before the window
+    for key in (loser, killed, live, older):
+        t.put(key, b"x")
+    commit.commit(t, PREFIX, _successor(first, "202612010300", "e" * 16))
+    state = commit.read_state(t, PREFIX, dataset_id="events")
+    assert commit.clean_behind(t, PREFIX, state) == 2
+    assert [t.exists(k) for k in (loser, killed, live, older)] == [False, False, True, True]
+    kept = sorted(k.rsplit("/", 1)[-1] for k in t.list_keys(join(PREFIX, "exportTime=202612010300")))
+    assert kept == [commit.SUCCESS, commit.MANIFEST]
+
+
+def test_finish_committed_completes_the_marker_and_drops_files_it_does_not_list(exported: tuple[Path, Path]) -> None:
+    _, dest = exported
+    t = FilesystemTransport(dest)
+    latest = commit.read_state(t, PREFIX, dataset_id="events").latest
+    assert latest is not None
     folder = join(PREFIX, f"exportTime={SLOT}")
     t.delete([join(folder, commit.SUCCESS)])
     t.put(join(folder, ".part-00001-x.parquet.tmp-abc"), b"temporary")
-    parts = {k for k in t.list_keys(folder) if "/part-" in k}
-    commit.finish_committed(t, folder)
+    t.put(join(folder, "part-00000-0000000000000000.parquet"), b"a losing attempt's part")
+    parts = {k for k in t.list_keys(folder) if "/part-" in k and "-0000000000000000." not in k}
+    assert commit.finish_committed(t, folder, latest) == 2
     assert set(t.list_keys(folder)) == parts | {join(folder, commit.MANIFEST), join(folder, commit.SUCCESS)}
 
 

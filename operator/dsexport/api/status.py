@@ -60,7 +60,8 @@ class DatasetProgress(Totals):
         str | None, Field(alias="lastExportTime", description="The exportTime folder of the last commit.")
     ] = None
     last_outcome: Annotated[
-        str | None, Field(alias="lastOutcome", description="exported, no-new-data, already-committed or failed.")
+        str | None,
+        Field(alias="lastOutcome", description="exported, no-new-data, already-committed, superseded or failed."),
     ] = None
     last_run_time: Annotated[str | None, Field(alias="lastRunTime"), _time("When the last run ended.")] = None
     message: str | None = None

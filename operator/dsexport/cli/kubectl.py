@@ -41,7 +41,13 @@ NONE: Final = "-"
 
 M = TypeVar("M", bound=BaseModel)
 
-_OUTCOME_STYLE: Final = {"exported": "green", "failed": "bold red", "no-new-data": "cyan", "already-committed": "cyan"}
+_OUTCOME_STYLE: Final = {
+    "exported": "green",
+    "failed": "bold red",
+    "no-new-data": "cyan",
+    "already-committed": "cyan",
+    "superseded": "cyan",
+}
 
 
 @dataclass(frozen=True)

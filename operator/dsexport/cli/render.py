@@ -47,6 +47,7 @@ _STYLE = {
     Outcome.failed: "bold red",
     Outcome.no_new_data: "cyan",
     Outcome.already_committed: "cyan",
+    Outcome.superseded: "cyan",
     Outcome.suspended: "yellow",
 }
 

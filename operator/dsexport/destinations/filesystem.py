@@ -18,6 +18,7 @@ from typing import BinaryIO
 from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, Writable
 
 TEMP_MARKER = ".tmp-"
+_FOLDER_RACES = 3
 
 # Transient or permanent, for an OSError: filesystem.path is often a network mount (NFS, SMB, a FUSE bucket mount),
 # and there an I/O error, a timeout, a stale handle or a lost connection is the mount's server not answering, as
@@ -81,16 +82,25 @@ class FilesystemTransport(Transport):
             raise DestinationError(f"{self.name}: key {key!r} escapes the destination folder")
         return path
 
-    def _temp_for(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path.with_name(f".{path.name}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
+    def _open_temp(self, path: Path) -> tuple[Path, BinaryIO]:
+        """A new temporary file beside ``path``, its folder made if need be. Another writer's ``delete`` prunes a
+        folder it empties, which may happen between the mkdir and the open: then both are done again."""
+        temp = path.with_name(f".{path.name}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
+        races = 0
+        while True:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                return temp, temp.open("wb")
+            except FileNotFoundError:
+                races += 1
+                if races == _FOLDER_RACES:
+                    raise
 
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[Writable]:
         final = self._path(key)
         with self._errors():
-            temp = self._temp_for(final)
-            f = temp.open("wb")
+            temp, f = self._open_temp(final)
         try:
             with f:
                 yield _SyncingFile(f, fail=self._error)  # not under _errors: the caller's own errors pass unchanged
@@ -107,10 +117,10 @@ class FilesystemTransport(Transport):
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
         final = self._path(key)
         with self._errors():
-            temp = self._temp_for(final)
+            temp, f = self._open_temp(final)
         try:
             with self._errors():
-                with temp.open("wb") as f:
+                with f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())

@@ -1,21 +1,23 @@
 """One export of one dataset, in four phases: recover the watermark, select what is new, write parts, commit.
 
-Exactly-once rests on three facts: the watermark is read from the latest committed manifest only; a slot's
-part names are a function of (DatasetExport, dataset, exportTime, index), and leftovers of an uncommitted slot
-are deleted before writing; the manifest is written last and create-only. A run killed anywhere therefore either
-committed everything or left nothing that a retry will not remove.
+Exactly-once rests on three facts: the watermark is read from the latest committed manifest only; every attempt
+writes parts under names of its own (a random run id), so no run touches another's files; and the commit is a
+create-only claim on the latest commit's successor, so of the runs that started from one commit at most one
+commits, whatever their slots (``commit``). A run killed anywhere therefore either committed everything or left
+files no commit can list, which later runs remove once no live run could still commit them.
 
 A phase that finds nothing more to do (the slot is already committed, or is behind the latest commit, which covers
-it; nothing is new) ends the export with a :class:`Finished`, which is an outcome, not an error.
+it; nothing is new; another run committed first) ends the export with a :class:`Finished`, which is an outcome,
+not an error.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import logging
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -87,7 +89,7 @@ class Slot:
     prefix: str  # FOLDER/DATASET_ID
     folder: str  # FOLDER/DATASET_ID/exportTime=...
     where: str  # for messages: the destination and the prefix
-    run_id: str  # in every part's name, the same for every attempt of this slot
+    run_id: str  # in every part's name: random, so that no two attempts (of this slot or any) share a name
 
     @classmethod
     def of(cls, request: ExportRequest, transport: Transport) -> Slot:
@@ -99,7 +101,7 @@ class Slot:
             prefix=prefix,
             folder=commit.slot_folder(folder, dataset_id, export_time),
             where=f"{transport.describe()}/{prefix}",
-            run_id=run_id(request.dataset_export, dataset_id, export_time),
+            run_id=secrets.token_hex(8),
         )
 
 
@@ -112,6 +114,7 @@ class Recovered:
     reset: bool = False  # this run starts a new watermark chain (False for a reset an earlier attempt applied)
     reset_already_applied: bool = False
     reset_token: str | None = None  # what the manifest records: this reset's, or the one carried forward
+    slots: tuple[str, ...] = ()  # the exportTime folders there were, oldest first
 
 
 @dataclass(frozen=True)
@@ -140,11 +143,6 @@ def _export_time(request: ExportRequest) -> str:
         return schedule.export_time_folder(schedule.parse_export_time(request.export_time))
     except ValueError as e:
         raise ConfigError(f"the requested export time is invalid: {e}") from None
-
-
-def run_id(dataset_export: str, dataset_id: str, export_time: str) -> str:
-    """Deterministic per slot, so a retry overwrites (never adds to) a killed run's parts."""
-    return hashlib.sha256(f"{dataset_export}\0{dataset_id}\0{export_time}".encode()).hexdigest()[:16]
 
 
 def export_dataset(
@@ -181,12 +179,27 @@ def _export(
 ) -> DatasetResult:
     recovered = recover(request, transport=transport, slot=slot)
     selection = select(request, recovered)
-    written = write(
-        request, transport=transport, slot=slot, recovered=recovered, selection=selection, on_records=on_records
-    )
-    manifest = build_manifest(request, slot=slot, recovered=recovered, selection=selection, written=written)
-    commit.commit(transport, slot.folder, manifest)
+    try:
+        written = write(
+            request, transport=transport, slot=slot, recovered=recovered, selection=selection, on_records=on_records
+        )
+        manifest = build_manifest(request, slot=slot, recovered=recovered, selection=selection, written=written)
+        commit.commit(transport, slot.prefix, manifest)
+    except commit.Superseded as lost:
+        raise _superseded(request, transport=transport, slot=slot, winner=lost.winner) from None
+    except DsexportError:
+        # A run that lost the race may also fail on the way: the winner removes what can no longer be committed,
+        # its files among them. Then losing is what happened, not the error.
+        winner = _winner(request, transport=transport, slot=slot, recovered=recovered)
+        if winner is None or winner.run_id == slot.run_id:  # this run's own claim: it committed; publishing failed
+            raise
+        raise _superseded(request, transport=transport, slot=slot, winner=winner) from None
     _log("commit", request, slot, records=manifest.records, bytes=manifest.bytes, files=len(manifest.files))
+    # What this commit made garbage: losers' files in its folder and the folders since the previous commit.
+    state = commit.DatasetState(manifest, slot.export_time, (*recovered.slots, slot.export_time))
+    removed = commit.clean_behind(transport, slot.prefix, state)
+    if removed:
+        _log("clean", request, slot, removedFiles=removed)
     return _result(
         request,
         slot,
@@ -199,9 +212,33 @@ def _export(
     )
 
 
+def _winner(request: ExportRequest, *, transport: Transport, slot: Slot, recovered: Recovered) -> Manifest | None:
+    """The commit another run made after the one this run started from, if any (best effort: None if the
+    destination cannot say)."""
+    try:
+        return commit.read_claim(transport, slot.prefix, recovered.latest, dataset_id=request.dataset.dataset_id)
+    except DsexportError:
+        return None
+
+
+def _superseded(request: ExportRequest, *, transport: Transport, slot: Slot, winner: Manifest) -> Finished:
+    """This run lost: remove its own files (others may be writing beside them) and say who won."""
+    try:
+        removed = commit.remove_attempt(transport, slot.folder, slot.run_id)
+    except DsexportError:
+        removed = -1  # the winner's cleaning, or the next run's, removes them
+    _log("superseded", request, slot, winner=winner.run_id, winnerExportTime=winner.export_time, removedFiles=removed)
+    return Finished(
+        Outcome.superseded,
+        f"another run committed exportTime {winner.export_time} first, from the same watermark; it exports what "
+        "this run would have, so this run's files were removed",
+        winner.watermark,
+    )
+
+
 def recover(request: ExportRequest, *, transport: Transport, slot: Slot) -> Recovered:
     """Read the dataset's state from the destination alone, refuse what would lose or duplicate rows, and remove
-    the leftovers of killed runs.
+    what the latest commit made garbage (``commit.clean_behind``).
 
     A run behind the latest commit (a scheduled run starting late after a run-now) ends without writing: the
     latest commit already exported everything up to a later time, and nothing may be committed behind it. A
@@ -209,13 +246,19 @@ def recover(request: ExportRequest, *, transport: Transport, slot: Slot) -> Reco
     """
     if request.reset_token is not None and not re.fullmatch(RESET_TOKEN_PATTERN, request.reset_token):
         raise ConfigError(f"reset token {request.reset_token!r} is not 1 to 64 characters of A-Z a-z 0-9 . _ -")
-    state = commit.read_state(transport, slot.prefix, dataset_id=request.dataset.dataset_id)
+    dataset_id = request.dataset.dataset_id
+    state = commit.read_state(transport, slot.prefix, dataset_id=dataset_id)
     commit.check_owner(state, request.dataset_export, where=slot.where)
+    removed = commit.clean_behind(transport, slot.prefix, state)
     latest = state.latest
     covered = latest.watermark if latest else None
-    if state.latest_slot == slot.export_time or commit.is_committed(transport, slot.folder):
-        commit.finish_committed(transport, slot.folder)
-        _log("recover", request, slot, latest=state.latest_slot, committed=True)
+    own = None
+    if latest is not None and slot.export_time < latest.export_time and slot.export_time in state.slots:
+        own = commit.read_committed(transport, slot.prefix, dataset_id=dataset_id, export_time=slot.export_time)
+    if own is not None or state.latest_slot == slot.export_time:
+        if own is not None:
+            removed += commit.finish_committed(transport, slot.folder, own)
+        _log("recover", request, slot, latest=state.latest_slot, committed=True, removedFiles=removed)
         raise Finished(
             Outcome.already_committed,
             f"exportTime {slot.export_time} is already committed; a later slot exports what is new",
@@ -233,32 +276,28 @@ def recover(request: ExportRequest, *, transport: Transport, slot: Slot) -> Reco
                 f"{slot.where}: exportTime {slot.export_time} is before the latest committed export "
                 f"{state.latest_slot}, where the reset cannot be committed: reset again at a later exportTime"
             )
-        # Only this slot's own folder is cleaned (an earlier attempt's parts, never committed): folders newer
-        # than the latest commit may belong to a run in progress, and no later run looks behind the latest.
-        cleaned = commit.clean_folder(transport, slot.folder)
-        _log("recover", request, slot, latest=state.latest_slot, behind=True, leftoverFiles=cleaned)
+        # Nothing can be committed behind the latest commit, so whatever this folder holds is garbage.
+        removed += commit.clean_folder(transport, slot.folder)
+        _log("recover", request, slot, latest=state.latest_slot, behind=True, removedFiles=removed)
         raise Finished(
             Outcome.already_committed,
             f"exportTime {slot.export_time} is before the latest committed export {state.latest_slot}, which "
             "already covers it; a later slot exports what is new",
             covered,
         )
-    for leftover in state.uncommitted:
-        commit.clean_folder(
-            transport, commit.slot_folder(request.destination.spec.folder, request.dataset.dataset_id, leftover)
-        )
     reset = request.reset and not applied
     incremental = request.mode == api.Mode.incremental and not reset
     previous = latest.state if (incremental and latest is not None) else None
     # A reset the latest commit carries the token of was applied by an earlier attempt: say so, and continue.
     said = {"resetAlreadyApplied": True} if applied else {}
-    _log("recover", request, slot, latest=state.latest_slot, leftovers=len(state.uncommitted), **said)
+    _log("recover", request, slot, latest=state.latest_slot, removedFiles=removed, **said)
     return Recovered(
         latest=latest,
         previous_state=previous,
         reset=reset,
         reset_already_applied=applied,
         reset_token=request.reset_token if reset else (latest.reset_token if latest else None),
+        slots=state.slots,
     )
 
 
@@ -418,6 +457,7 @@ def build_manifest(
         ),
         source_files=[f.path for f in selection.files] if selection.cursor is None else None,
         reset_token=recovered.reset_token,
+        previous=latest.export_time if latest else None,
     )
 
 

@@ -6,8 +6,8 @@ never be half-trusted and never crash it. Everything read back goes through :fun
 
 Version 2 names the DatasetExport ``datasetExport``; version 1 (the first release) called it ``flow`` and is still
 read. Keys added since do not change the version, because readers that predate them ignore unknown keys: optional
-ones (``resetToken``) are left out when unset, and a part's ``via`` (``encode`` or ``copy``) reads as ``encode``
-when absent, which is what every part written before the byte copy was.
+ones (``resetToken``, ``previous``) are left out when unset, and a part's ``via`` (``encode`` or ``copy``) reads
+as ``encode`` when absent, which is what every part written before the byte copy was.
 """
 
 from __future__ import annotations
@@ -139,6 +139,9 @@ class Manifest(Model):
     # chain, so that a retried reset is recognised as applied (see ``exporter.recover``). Absent before the first
     # reset with a token; readers that predate it ignore the key (``extra="ignore"``).
     reset_token: Annotated[str | None, Field(pattern=RESET_TOKEN_PATTERN, exclude_if=lambda v: v is None)] = None
+    # The exportTime of the commit this one continues (None for the first): the link of the commit chain, whose
+    # claims make at most one run commit after each commit (see ``commit``). Absent in manifests that predate it.
+    previous: Annotated[str | None, Field(pattern=EXPORT_TIME_PATTERN, exclude_if=lambda v: v is None)] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -152,8 +155,9 @@ class Manifest(Model):
         return json.dumps(self.to_json_dict(), indent=2).encode() + b"\n"
 
 
-def parse(raw: bytes, *, path: str, dataset_id: str, export_time: str) -> Manifest:
-    """The manifest at ``path``, validated, and checked to belong where it was found."""
+def parse(raw: bytes, *, path: str, dataset_id: str, export_time: str | None = None) -> Manifest:
+    """The manifest at ``path``, validated, and checked to belong where it was found (the dataset, and the slot
+    folder: ``export_time``, None for a claim, which is not in the folder it commits)."""
     fix = (
         "it is not a manifest this dsexport can trust. If another tool wrote it, give this export another folder; "
         "if it is damaged, restore it, or remove the exportTime folder to export its rows again"
@@ -173,10 +177,10 @@ def parse(raw: bytes, *, path: str, dataset_id: str, export_time: str) -> Manife
             f"{'.'.join(str(p) for p in err['loc']) or 'document'}: {err['msg']}" for err in e.errors()[:3]
         )
         raise StateError(f"{path} is not a valid dsexport manifest ({problems}): {fix}") from None
-    if manifest.dataset_id != dataset_id or manifest.export_time != export_time:
+    if manifest.dataset_id != dataset_id or manifest.export_time != (export_time or manifest.export_time):
         raise StateError(
             f"{path} describes dataset {manifest.dataset_id!r} at exportTime {manifest.export_time}, not the folder "
-            f"it is in ({dataset_id!r}, {export_time}): {fix}"
+            f"it is in ({dataset_id!r}, {export_time or 'any exportTime'}): {fix}"
         )
     return manifest
 

@@ -27,6 +27,7 @@ class Outcome(StrEnum):
     exported = "exported"
     no_new_data = "no-new-data"
     already_committed = "already-committed"
+    superseded = "superseded"  # another run committed first, from the same watermark (see engine.commit)
     failed = "failed"
     suspended = "suspended"
 
