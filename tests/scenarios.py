@@ -19,9 +19,13 @@ from dsexport.destinations import Transport
 from tests.helpers import START, assert_only_committed_files, read_committed_ids, source_ids
 
 
-def start_run(flow: Path, at: dt.datetime, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """``dsexport run`` in its own process, as a CronJob's pod would run it."""
-    cmd = [sys.executable, "-m", "dsexport.cli", "run", "-f", str(flow), "--at", at.isoformat(), "-o", "json"]
+def start_run(
+    flow: Path, at: dt.datetime, env: Mapping[str, str] | None = None, *, export_time: str | None = None
+) -> subprocess.Popen[bytes]:
+    """``dsexport run`` in its own process, as a CronJob's pod would run it (``export_time``: as a run-now Job's,
+    which names its folder instead of ``at``)."""
+    when = ["--export-time", export_time] if export_time else ["--at", at.isoformat()]
+    cmd = [sys.executable, "-m", "dsexport.cli", "run", "-f", str(flow), *when, "-o", "json"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
 
 

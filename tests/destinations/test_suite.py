@@ -91,6 +91,57 @@ def test_full_mode_exports_a_snapshot_every_run(tmp_path: Path, target: Target, 
     assert [m["records"] for m in committed(target.transport(), folder=folder)] == [6_000, 6_000]
 
 
+def test_concurrent_runs_killed_at_random_commit_each_row_once(tmp_path: Path, target: Target, folder: str) -> None:
+    """Two to four exporters of one dataset at once, in processes, some for the scheduled slot and some run-now
+    Jobs beside it, each killed at a random moment or let finish: after every round no row is committed twice,
+    every committed file is exactly what its manifest says, and no run fails; the losers say so."""
+    rng = random.Random(f"concurrent-{target.type}")
+    src = tmp_path / "lake"
+    next_id = sample.write_files(src, files=3, rows_per_file=3_000, seed=1, start=START)
+    flow = _flow(tmp_path, target, folder, src, max_records=2_000)
+    (tmp_path / "cal").mkdir()
+    window = time_one_run(_flow(tmp_path / "cal", target, f"{folder}-cal", src), AT, target.env)
+    reader = target.transport()
+    at, outcomes, kills = AT, Counter[str](), 0
+    for round_ in range(5):
+        if round_:
+            next_id = sample.write_files(
+                src, files=rng.randint(1, 2), rows_per_file=2_500, seed=10 + round_, start=START, id_offset=next_id
+            )
+        run_now = (at + dt.timedelta(minutes=rng.randint(1, 59))).strftime("%Y%m%d%H%M")
+        procs = [
+            start_run(flow, at, target.env, export_time=run_now if rng.random() < 0.4 else None)
+            for _ in range(rng.randint(2, 4))
+        ]
+        started = time.monotonic()
+        kill_at = [started + rng.uniform(0.05, window * 1.5) if rng.random() < 0.5 else None for _ in procs]
+        for proc, deadline in zip(procs, kill_at, strict=True):
+            with proc:
+                try:
+                    out, err = proc.communicate(
+                        timeout=None if deadline is None else max(0, deadline - time.monotonic())
+                    )
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                    kills += 1
+                    continue
+            assert proc.returncode == 0, err.decode()[-3000:]
+            [result] = json.loads(out)["results"]
+            outcomes[result["outcome"]] += 1
+            if result["outcome"] == "superseded":
+                assert result["message"].startswith("another run committed exportTime"), result
+        ids = Counter(read_committed_ids(reader, folder=folder))  # every listed file: size and sha256
+        assert not [i for i, n in ids.items() if n > 1], f"round {round_}: a row was committed twice"
+        at += dt.timedelta(hours=3)
+    run_to_end(flow, at + dt.timedelta(days=1), target.env)
+    assert Counter(read_committed_ids(reader, folder=folder)) == Counter(source_ids(src))
+    assert_only_committed_files(reader, folder=folder)
+    print(f"{target.type}: {kills} kills, outcomes {dict(outcomes)}")
+    assert kills and outcomes["exported"], (kills, outcomes)
+    assert set(outcomes) <= {"exported", "superseded", "already-committed", "no-new-data"}, outcomes
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ["encode", "copy"])
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
