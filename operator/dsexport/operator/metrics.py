@@ -259,7 +259,7 @@ def _families(
     )
     success = GaugeMetricFamily(
         "dsexport_last_success_timestamp_seconds",
-        "When the last run of the dataset that did not fail ended (exported, no new data or already committed).",
+        "When the last run of the dataset that did not fail ended (exported, no new data, committed or superseded).",
         labels=_DATASET_LABELS,
     )
     watermark = GaugeMetricFamily(
