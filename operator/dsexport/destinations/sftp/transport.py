@@ -95,8 +95,7 @@ class SftpTransport(Transport):
             attempts += 1
             temp = _temp_name(path)
             try:
-                self._mkdirs(sftp, posixpath.dirname(path))
-                with sftp.open(temp, "wb") as f:
+                with self._create(sftp, sftp, temp) as f:
                     f.write(data)
                 if not create_only:
                     self._replace(sftp, temp, to=path, size=len(data))
@@ -198,7 +197,6 @@ class SftpTransport(Transport):
 
     def _open_for_write(self, temp: str) -> tuple[paramiko.SFTPClient, paramiko.SFTPFile]:
         """A file on its own SFTP channel: its pipelined write replies then cannot mix with other requests."""
-        self._mkdirs(self._client(), posixpath.dirname(temp))
         ssh_transport = self._connected().get_transport()
         assert ssh_transport is not None
         channel = paramiko.SFTPClient.from_transport(ssh_transport)
@@ -206,7 +204,7 @@ class SftpTransport(Transport):
             raise EOFError("the server closed the SFTP channel")
         try:
             _set_timeout(channel)
-            handle = channel.open(temp, "wb", bufsize=0)
+            handle = self._create(self._client(), channel, temp)
         except BaseException:
             channel.close()
             raise
@@ -231,6 +229,20 @@ class SftpTransport(Transport):
             with contextlib.suppress(FileNotFoundError):
                 sftp.remove(to)
             sftp.rename(temp, to)
+
+    def _create(self, sftp: paramiko.SFTPClient, channel: paramiko.SFTPClient, path: str) -> paramiko.SFTPFile:
+        """A new file at ``path`` (on ``channel``), its folder made if need be (through ``sftp``). Another writer's
+        ``delete`` prunes a folder it empties, which may happen between the mkdir and the open: then both are
+        done again."""
+        races = 0
+        while True:
+            self._mkdirs(sftp, posixpath.dirname(path))
+            try:
+                return channel.open(path, "wb", bufsize=0)
+            except FileNotFoundError:
+                races += 1
+                if races == _FOLDER_RACES:
+                    raise
 
     def _mkdirs(self, sftp: paramiko.SFTPClient, folder: str) -> None:
         if folder in ("", "."):
@@ -446,6 +458,9 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return str(e) or type(e).__name__
+
+
+_FOLDER_RACES = 3
 
 
 def _temp_name(path: str) -> str:
