@@ -195,11 +195,14 @@ def _export(
             raise
         raise _superseded(request, transport=transport, slot=slot, winner=winner) from None
     _log("commit", request, slot, records=manifest.records, bytes=manifest.bytes, files=len(manifest.files))
-    # What this commit made garbage: losers' files in its folder and the folders since the previous commit.
+    # What this commit made garbage: losers' files in its folder and the folders since the previous commit. The
+    # export is done: if the store fails now, the next run's recovery removes them instead.
     state = commit.DatasetState(manifest, slot.export_time, (*recovered.slots, slot.export_time))
-    removed = commit.clean_behind(transport, slot.prefix, state)
-    if removed:
-        _log("clean", request, slot, removedFiles=removed)
+    try:
+        if removed := commit.clean_behind(transport, slot.prefix, state):
+            _log("clean", request, slot, removedFiles=removed)
+    except DsexportError as e:
+        log.warning("cleaning after the commit failed, the next run does it: %s", e)
     return _result(
         request,
         slot,
@@ -225,13 +228,14 @@ def _superseded(request: ExportRequest, *, transport: Transport, slot: Slot, win
     """This run lost: remove its own files (others may be writing beside them) and say who won."""
     try:
         removed = commit.remove_attempt(transport, slot.folder, slot.run_id)
+        said = "this run removed its files"
     except DsexportError:
-        removed = -1  # the winner's cleaning, or the next run's, removes them
+        removed, said = -1, "a later run removes this run's files"
     _log("superseded", request, slot, winner=winner.run_id, winnerExportTime=winner.export_time, removedFiles=removed)
     return Finished(
         Outcome.superseded,
         f"another run committed exportTime {winner.export_time} first, from the same watermark; it exports what "
-        "this run would have, so this run's files were removed",
+        f"this run would have, and {said}",
         winner.watermark,
     )
 
