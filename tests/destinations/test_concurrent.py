@@ -199,6 +199,7 @@ class Scene:
         return local.run(bundle, plan)
 
 
+@pytest.mark.timeout(1200)  # S3: 324 interleavings of four in-process runs, about a second each
 @pytest.mark.parametrize(
     ("target", "committed_before", "b_export_time"),
     [
