@@ -30,6 +30,7 @@ from bench.data import parquet_paths
 from dsexport.api import loader
 from dsexport.cli import local
 from dsexport.engine import jsonenc, sources, writers
+from dsexport.engine.memory import DEFAULT_BUDGET, Plan
 
 FIRST_AT = "2026-12-01T01:00:00Z"  # slot 2026-12-01T00:00 of the flow's 3-hourly schedule
 LATER_AT = "2026-12-01T04:00:00Z"  # the next slot
@@ -165,7 +166,7 @@ def _read_ahead() -> tuple[Callable[..., Iterator[pa.RecordBatch]], int] | None:
 
 def dsexport_batches(dataset: pads.Dataset) -> Iterator[pa.RecordBatch]:
     """The batches dsexport's exporter writes: Source.batches, behind its read-ahead thread if it has one."""
-    batches = sources.Source.batches(dataset)
+    batches = sources.Source.batches(dataset, plan=Plan.of(DEFAULT_BUDGET))
     ahead = _read_ahead()
     return batches if ahead is None else ahead[0](batches, depth=ahead[1])
 

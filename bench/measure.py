@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from bench.baselines import EXPORTED, FIRST_AT, Contestant, Role, cli, cli_result, flow_file, run_dsexport
 from bench.data import MIB, parquet_paths
 from dsexport.engine import sources
+from dsexport.engine.memory import DEFAULT_BUDGET, Plan
 
 # ------------------------------------------------------------------------------------------------ timing
 
@@ -191,7 +192,9 @@ class ArrowPeak:
 def arrow_peak(source: Path, work: Path) -> ArrowPeak:
     """Diagnostic: the most Arrow memory held at once during an in-process Parquet export, sampled every 20 ms,
     and the size of one decoded batch, to tell buffered batches from everything else."""
-    first = next(sources.Source.batches(pads.dataset(parquet_paths(source)[:1], format="parquet")))
+    first = next(
+        sources.Source.batches(pads.dataset(parquet_paths(source)[:1], format="parquet"), plan=Plan.of(DEFAULT_BUDGET))
+    )
     batch_mib, batch_rows = first.nbytes / MIB, first.num_rows
     del first
     out = work / "arrow-peak"

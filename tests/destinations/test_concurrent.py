@@ -2,11 +2,11 @@
 
 The deterministic harness runs two exports in threads of this process, each through a transport that counts its
 operations at the destination (listings, reads, each part, the claim, the manifest, the marker, deletions) and can
-hold its run before any one of them, or in the middle of writing a part. For every pair (i, j): run A is held before its i-th operation, run B runs
-until it is held before its j-th, then A finishes, then B. Every interleaving of the two runs' steps at that
-grain is reached this way, in both orders, whichever run wins. After each pair the committed exports are read back
-through the destination (every listed file with its size and sha256) and must hold every source row once; a later
-commit must leave nothing but committed files.
+hold its run before any one of them, or in the middle of writing a part. For every pair (i, j): run A is held
+before its i-th operation, run B runs until it is held before its j-th, then A finishes, then B. Every
+interleaving of the two runs' steps at that grain is reached this way, in both orders, whichever run wins. After
+each pair the committed exports are read back through the destination (every listed file with its size and
+sha256) and must hold every source row once; a later commit must leave nothing but committed files.
 
 The randomized test in ``test_suite`` adds processes killed at random moments.
 """

@@ -28,7 +28,7 @@ import pyarrow.dataset as pads
 
 from dsexport import api
 from dsexport.destinations import Transport
-from dsexport.engine import bytecopy, commit, jsonenc, schedule, watermark, writers
+from dsexport.engine import bytecopy, commit, jsonenc, memory, schedule, watermark, writers
 from dsexport.engine.manifest import (
     RESET_TOKEN_PATTERN,
     ColumnState,
@@ -69,6 +69,8 @@ class ExportRequest:
     # YYYYMMDDHHMM (UTC): the exportTime folder to write to instead of the slot of ``at``, so that every attempt
     # of a run-now Job lands in the folder of the minute it was created.
     export_time: str | None = None
+    # The most memory the exporter process may use, in bytes (see ``memory``).
+    memory_budget: int = memory.DEFAULT_BUDGET
 
 
 class Finished(Exception):  # noqa: N818 - an outcome, raised only to leave the phases early
@@ -177,11 +179,18 @@ def _result(request: ExportRequest, slot: Slot | None, **fields: Any) -> Dataset
 def _export(
     request: ExportRequest, transport: Transport, slot: Slot, on_records: Callable[[int], None] | None
 ) -> DatasetResult:
+    plan = memory.Plan.of(request.memory_budget)  # before anything is read or written: a budget may be refused
     recovered = recover(request, transport=transport, slot=slot)
     selection = select(request, recovered)
     try:
         written = write(
-            request, transport=transport, slot=slot, recovered=recovered, selection=selection, on_records=on_records
+            request,
+            transport=transport,
+            slot=slot,
+            recovered=recovered,
+            selection=selection,
+            memory_plan=plan,
+            on_records=on_records,
         )
         manifest = build_manifest(request, slot=slot, recovered=recovered, selection=selection, written=written)
         commit.commit(transport, slot.prefix, manifest)
@@ -347,6 +356,7 @@ def write(
     slot: Slot,
     recovered: Recovered,
     selection: Selection,
+    memory_plan: memory.Plan,
     on_records: Callable[[int], None] | None,
 ) -> Written:
     """Write the selected rows into part files: first the files the byte copy takes as they are (``bytecopy``),
@@ -377,7 +387,14 @@ def write(
     cursor_max = cursor.value if cursor else None
     if plan.encode is not None:
         encoded, cursor_max = _encode(
-            plan.encode, cursor, fmt=fmt, transport=transport, slot=slot, first_index=len(parts), on_records=on_records
+            plan.encode,
+            cursor,
+            fmt=fmt,
+            transport=transport,
+            slot=slot,
+            first_index=len(parts),
+            memory_plan=memory_plan,
+            on_records=on_records,
         )
         parts += encoded
     _log("write", request, slot, files=len(parts), records=sum(p.records for p in parts), **plan.log_fields())
@@ -400,6 +417,7 @@ def _encode(
     transport: Transport,
     slot: Slot,
     first_index: int,
+    memory_plan: memory.Plan,
     on_records: Callable[[int], None] | None,
 ) -> tuple[list[PartFile], pa.Scalar | None]:
     """Decode ``dataset``'s rows (those above the cursor, if any) and encode them into parts numbered from
@@ -409,7 +427,7 @@ def _encode(
 
     def batches() -> Iterator[pa.RecordBatch]:
         filter_ = cursor.filter(schema) if cursor is not None else None
-        for batch in prefetch(Source.batches(dataset, filter_), depth=PREFETCH_BATCHES):
+        for batch in prefetch(Source.batches(dataset, filter_, plan=memory_plan), depth=PREFETCH_BATCHES):
             if cursor is not None:
                 running_max[0] = watermark.scan_max(batch, cursor.column, running_max[0])
             yield batch

@@ -11,17 +11,22 @@ from urllib.parse import parse_qsl, urlsplit
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from dsexport import api
 from dsexport.destinations import StoredObject
 from dsexport.engine import partitions
+from dsexport.engine.memory import Plan
 from dsexport.errors import SourceError
 
-# Small read-ahead keeps peak memory bounded whatever the row-group sizes; throughput barely changes because
-# decoding, not I/O, dominates on local and object-store sources alike.
+# The most rows in a batch (fewer when rows are wide: ``memory.Plan``). Small read-ahead keeps peak memory
+# bounded; throughput barely changes because decoding, not I/O, dominates on local and object-store sources alike.
 BATCH_SIZE = 64 * 1024
 BATCH_READAHEAD = 1
 FRAGMENT_READAHEAD = 1
+# A Parquet file is read through a buffered stream of this size, page by page, rather than a column chunk (which
+# may hold a whole row group of millions of rows) at a time.
+READ_BUFFER = 1 << 20
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +210,9 @@ class Source:
             raise SourceError(f"cannot read source {self.spec.uri}: {e}", transient=_transient(e)) from None
 
     @staticmethod
-    def batches(dataset: pads.Dataset, filter_: Any = None) -> Iterator[pa.RecordBatch]:
-        """Batches in the dataset's (unified) schema, one Parquet row group (or one other file) at a time.
+    def batches(dataset: pads.Dataset, filter_: Any = None, *, plan: Plan) -> Iterator[pa.RecordBatch]:
+        """Batches in the dataset's (unified) schema, one Parquet row group (or one other file) at a time, each
+        of about ``plan.batch_bytes`` decoded bytes.
 
         Scanning piece by piece is what bounds memory: a scanner reads ahead across files, and across row
         groups inside a file, without limit when the consumer (an encoder, an upload) is slower than the
@@ -215,29 +221,71 @@ class Source:
         """
         for fragment in dataset.get_fragments():
             try:
-                pieces = (
-                    fragment.split_by_row_group(filter_, schema=dataset.schema)
-                    if isinstance(fragment, pads.ParquetFileFragment)
-                    else [fragment]
-                )
-                for piece in pieces:
-                    yield from Source._piece_batches(piece, dataset.schema, filter_)
+                if isinstance(fragment, pads.ParquetFileFragment):
+                    yield from _parquet_batches(dataset, fragment, filter_, plan)
+                else:
+                    yield from _piece_batches(fragment, dataset.schema, filter_, BATCH_SIZE)
             except (pa.ArrowException, OSError) as e:
                 # A damaged file, a column whose type changed incompatibly, a store that stopped answering.
                 raise SourceError(f"cannot read source file {fragment.path}: {e}", transient=_transient(e)) from None
 
-    @staticmethod
-    def _piece_batches(piece: pads.Fragment, schema: pa.Schema, filter_: Any) -> Iterator[pa.RecordBatch]:
-        for batch in piece.to_batches(
-            schema=schema,
-            filter=filter_,
-            batch_size=BATCH_SIZE,
-            batch_readahead=BATCH_READAHEAD,
-            fragment_readahead=FRAGMENT_READAHEAD,
-            use_threads=True,
-        ):
-            if batch.num_rows:
-                yield batch
+
+def _parquet_batches(
+    dataset: pads.Dataset, fragment: pads.ParquetFileFragment, filter_: Any, plan: Plan
+) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's row groups (those the filter may match), each streamed page by page in batches whose
+    row count follows the row group's size per row, so a row group of millions of rows or of rows of several KiB
+    is never decoded whole. The dataset scanner cannot do this (it reads a row group's column chunks at once)."""
+    schema = dataset.schema
+    pieces = fragment.split_by_row_group(filter_, schema=schema)
+    if not pieces:
+        return
+    with dataset.filesystem.open_input_file(fragment.path) as handle:
+        reader = pq.ParquetFile(handle, buffer_size=READ_BUFFER, pre_buffer=False)
+        for piece in pieces:
+            [group] = piece.row_groups
+            rows = plan.rows(row_bytes=group.total_byte_size / max(group.num_rows, 1), most=BATCH_SIZE)
+            for batch in reader.iter_batches(batch_size=rows, row_groups=[group.id], use_threads=False):
+                conformed = _conform(batch, schema)
+                if conformed is None:  # a type the unified schema changed in a way a cast cannot follow
+                    yield from _piece_batches(piece, schema, filter_, rows)
+                    break
+                if filter_ is not None:
+                    conformed = conformed.filter(filter_)
+                if conformed.num_rows:
+                    yield conformed
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch | None:
+    """``batch`` in the dataset's unified schema: columns in its order, missing ones null, widened types cast;
+    None when a cast is not possible (then the scanner, which knows more ways, reads the row group)."""
+    if batch.schema == schema:
+        return batch
+    arrays = []
+    for field in schema:
+        index = batch.schema.get_field_index(field.name)
+        if index < 0:
+            arrays.append(pa.nulls(batch.num_rows, field.type))
+            continue
+        column = batch.column(index)
+        try:
+            arrays.append(column if column.type == field.type else column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _piece_batches(piece: pads.Fragment, schema: pa.Schema, filter_: Any, rows: int) -> Iterator[pa.RecordBatch]:
+    for batch in piece.to_batches(
+        schema=schema,
+        filter=filter_,
+        batch_size=rows,
+        batch_readahead=BATCH_READAHEAD,
+        fragment_readahead=FRAGMENT_READAHEAD,
+        use_threads=True,
+    ):
+        if batch.num_rows:
+            yield batch
 
 
 def _transient(error: BaseException) -> bool:
