@@ -53,6 +53,21 @@ class WriteBehindSink(io.RawIOBase):
             self._flush_pending()
         return size
 
+    def write_frozen(self, data: bytes | memoryview) -> None:
+        """Like ``write``, but a chunk or more of ``data`` is queued as it is, not copied: for buffers nobody changes
+        once written (the Parquet encoder's column chunks in an Arrow buffer, polars' NDJSON text)."""
+        if self._error is not None:
+            raise self._error
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if size < CHUNK:
+            self.write(view)
+            return
+        self.count += size
+        self._flush_pending()
+        for start in range(0, size, CHUNK):
+            self._queue.put(view[start : start + CHUNK])
+
     def _flush_pending(self) -> None:
         if self._pending:
             self._queue.put(bytes(self._pending))
