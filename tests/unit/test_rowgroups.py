@@ -8,12 +8,13 @@ import decimal
 import io
 import random
 import struct
+import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dsexport.engine import rowgroups, thrift
+from dsexport.engine import compact, rowgroups
 from dsexport.engine.sink import WriteBehindSink
 
 
@@ -137,35 +138,36 @@ def test_thrift_gives_back_the_footer_bytes_it_read(seed: int) -> None:
     table = mixed(500 + seed * 300, seed=seed)
     data = serial([table.slice(0, 100), table.slice(100)], table.schema)
     footer = _footer(data)
-    assert thrift.write_struct(thrift.read_struct(footer)) == footer
+    assert compact.write_struct(compact.read_struct(footer)) == footer
 
 
 def test_thrift_round_trips_every_compact_type() -> None:
-    inner = thrift.Struct([thrift.Field(1, thrift.I32, -5), thrift.Field(40, thrift.BINARY, b"far id")])
-    value = thrift.Struct(
+    inner = compact.Struct([compact.Field(1, compact.I32, -5), compact.Field(40, compact.BINARY, b"far id")])
+    value = compact.Struct(
         [
-            thrift.Field(1, thrift.BOOL_TRUE, True),
-            thrift.Field(2, thrift.BOOL_TRUE, False),
-            thrift.Field(3, thrift.BYTE, -7),
-            thrift.Field(4, thrift.I16, -300),
-            thrift.Field(5, thrift.I32, 2**31 - 1),
-            thrift.Field(6, thrift.I64, -(2**63)),
-            thrift.Field(7, thrift.DOUBLE, struct.pack("<d", 1.5)),
-            thrift.Field(30, thrift.BINARY, b"\x00\xff" * 100),
-            thrift.Field(31, thrift.LIST, thrift.List(thrift.LIST, thrift.I64, list(range(-20, 20)))),
-            thrift.Field(32, thrift.SET, thrift.List(thrift.SET, thrift.BOOL_TRUE, [True, False, True])),
-            thrift.Field(33, thrift.MAP, thrift.Map(thrift.BINARY, thrift.STRUCT, [(b"k", inner)])),
-            thrift.Field(34, thrift.MAP, thrift.Map(0, 0, [])),
-            thrift.Field(35, thrift.STRUCT, inner),
-            thrift.Field(36, thrift.LIST, thrift.List(thrift.LIST, thrift.STRUCT, [inner] * 3)),
+            compact.Field(1, compact.BOOL, True),
+            compact.Field(2, compact.BOOL, False),
+            compact.Field(3, compact.BYTE, -7),
+            compact.Field(4, compact.I16, -300),
+            compact.Field(5, compact.I32, 2**31 - 1),
+            compact.Field(6, compact.I64, -(2**63)),
+            compact.Field(7, compact.DOUBLE, 1.5),
+            compact.Field(30, compact.BINARY, b"\x00\xff" * 100),
+            compact.Field(31, compact.LIST, compact.List(compact.LIST, compact.I64, list(range(-20, 20)))),
+            compact.Field(32, compact.SET, compact.List(compact.SET, compact.BOOL, [True, False, True])),
+            compact.Field(33, compact.MAP, compact.Map(compact.BINARY, compact.STRUCT, [(b"k", inner)])),
+            compact.Field(34, compact.MAP, compact.Map(0, 0, [])),
+            compact.Field(37, compact.UUID, uuid.UUID(int=2**127 + 5)),
+            compact.Field(35, compact.STRUCT, inner),
+            compact.Field(36, compact.LIST, compact.List(compact.LIST, compact.STRUCT, [inner] * 3)),
         ]
     )
-    data = thrift.write_struct(value)
-    assert thrift.read_struct(data) == value
-    assert thrift.write_struct(thrift.read_struct(data)) == data
+    data = compact.write_struct(value)
+    assert compact.read_struct(data) == value
+    assert compact.write_struct(compact.read_struct(data)) == data
 
 
-@pytest.mark.parametrize("data", [b"", b"\x15", b"\x18\x05ab", b"\x1d\x00", b"\x15\x02\x00\x00"])
+@pytest.mark.parametrize("data", [b"", b"\x15", b"\x18\x05ab", b"\x1e\x00", b"\x1d\x00", b"\x15\x02\x00\x00"])
 def test_thrift_refuses_bytes_that_are_not_one_struct(data: bytes) -> None:
-    with pytest.raises(thrift.ThriftError):
-        thrift.read_struct(data)
+    with pytest.raises(compact.ThriftError):
+        compact.read_struct(data)

@@ -25,7 +25,7 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dsexport.engine import thrift
+from dsexport.engine import compact
 from dsexport.engine.sink import WriteBehindSink
 
 MAGIC: Final = b"PAR1"
@@ -40,7 +40,6 @@ _GROUP_COLUMNS, _GROUP_BYTES, _GROUP_ROWS, _GROUP_FILE_OFFSET, _GROUP_COMPRESSED
 _CHUNK_FILE_OFFSET, _CHUNK_META, _CHUNK_OFFSET_INDEX, _CHUNK_COLUMN_INDEX = 2, 3, 4, 6
 # ColumnMetaData: data_page_offset, index_page_offset, dictionary_page_offset, bloom_filter_offset.
 _META_OFFSETS: Final = (9, 10, 11, 14)
-_I16_MAX: Final = 32_767
 
 WriterFactory = Callable[[pa.BufferOutputStream, pa.Schema], pq.ParquetWriter]
 
@@ -54,10 +53,10 @@ class Columns:
     """
 
     data: memoryview
-    group: thrift.Struct
+    group: compact.Struct
 
 
-def template(new_writer: WriterFactory, schema: pa.Schema) -> thrift.Struct:
+def template(new_writer: WriterFactory, schema: pa.Schema) -> compact.Struct:
     """The footer of an empty file of ``schema``: a writer's footer for any rows of ``schema``, but for the row
     count and the row groups."""
     out = pa.BufferOutputStream()
@@ -98,29 +97,29 @@ def encode(table: pa.Table, schema: pa.Schema, new_writer: WriterFactory) -> Col
     file = memoryview(out.getvalue()).cast("B")  # zero-copy: the view keeps the Arrow buffer alive
     meta, footer_start = _footer(file)
     groups = _list(meta, _FILE_ROW_GROUPS)
-    if len(groups) != 1 or not isinstance(groups[0], thrift.Struct):
-        raise thrift.ThriftError(f"expected one row group, the Parquet writer wrote {len(groups)}")
+    if len(groups) != 1 or not isinstance(groups[0], compact.Struct):
+        raise compact.ThriftError(f"expected one row group, the Parquet writer wrote {len(groups)}")
     return Columns(file[len(MAGIC) : footer_start], groups[0])
 
 
-def _footer(file: memoryview) -> tuple[thrift.Struct, int]:
+def _footer(file: memoryview) -> tuple[compact.Struct, int]:
     """A whole Parquet file's footer and where it starts."""
     size = struct.unpack_from("<i", file, len(file) - 8)[0]
     start = len(file) - 8 - size
     if bytes(file[: len(MAGIC)]) != MAGIC or bytes(file[-len(MAGIC) :]) != MAGIC or start < len(MAGIC):
-        raise thrift.ThriftError("the Parquet writer did not write a plain (unencrypted) file")
-    return thrift.read_struct(file[start : len(file) - 8]), start
+        raise compact.ThriftError("the Parquet writer did not write a plain (unencrypted) file")
+    return compact.read_struct(file[start : len(file) - 8]), start
 
 
 class Assembler:
     """Writes one Parquet file into ``sink`` from row groups given in order; ``close`` writes the footer, the
     ``template``'s with the row count and the row groups set."""
 
-    def __init__(self, sink: WriteBehindSink, footer: thrift.Struct) -> None:
+    def __init__(self, sink: WriteBehindSink, footer: compact.Struct) -> None:
         self._sink = sink
         self._start = sink.count
         self._template = footer
-        self._groups: list[thrift.Value] = []
+        self._groups: list[compact.Value] = []
         self._rows = 0
         sink.write(MAGIC)
 
@@ -139,79 +138,81 @@ class Assembler:
         self._rows += _int(group.get(_GROUP_ROWS))
 
     def close(self) -> None:
-        groups = thrift.List(thrift.LIST, thrift.STRUCT, self._groups)
-        values: dict[int, thrift.Value] = {_FILE_NUM_ROWS: self._rows, _FILE_ROW_GROUPS: groups}
-        fields = [thrift.Field(f.id, f.type, values.get(f.id, f.value)) for f in self._template.fields]
-        footer = thrift.write_struct(thrift.Struct(fields))
+        groups = compact.List(compact.LIST, compact.STRUCT, self._groups)
+        values: dict[int, compact.Value] = {_FILE_NUM_ROWS: self._rows, _FILE_ROW_GROUPS: groups}
+        fields = [compact.Field(f.id, f.type, values.get(f.id, f.value)) for f in self._template.fields]
+        footer = compact.write_struct(compact.Struct(fields))
         self._sink.write(footer + struct.pack("<i", len(footer)) + MAGIC)
 
 
-def _list(value: thrift.Struct, field_id: int) -> list[thrift.Value]:
+def _list(value: compact.Struct, field_id: int) -> list[compact.Value]:
     field = value.get(field_id)
-    if field is None or not isinstance(field.value, thrift.List):
-        raise thrift.ThriftError(f"Parquet footer without field {field_id}")
+    if field is None or not isinstance(field.value, compact.List):
+        raise compact.ThriftError(f"Parquet footer without field {field_id}")
     return field.value.values
 
 
-def _joined(entries: list[thrift.Struct], *, ordinal: int) -> thrift.Struct:
+def _joined(entries: list[compact.Struct], *, ordinal: int) -> compact.Struct:
     """One RowGroup entry for the ranges' entries (already moved): their column chunks in order, their sizes
     summed, the first one's offset (where the row group starts) and everything else."""
-    columns: list[thrift.Value] = []
+    columns: list[compact.Value] = []
     for entry in entries:
         columns += _list(entry, _GROUP_COLUMNS)
     fields = []
     for f in entries[0].fields:
         value = f.value
         if f.id == _GROUP_COLUMNS:
-            value = thrift.List(thrift.LIST, thrift.STRUCT, columns)
+            value = compact.List(compact.LIST, compact.STRUCT, columns)
         elif f.id in (_GROUP_BYTES, _GROUP_COMPRESSED):
             value = sum(_int(e.get(f.id)) for e in entries)
-        elif f.id == _GROUP_ORDINAL and ordinal <= _I16_MAX:
-            value = ordinal
-        fields.append(thrift.Field(f.id, f.type, value))
-    return thrift.Struct(fields)
+        elif f.id == _GROUP_ORDINAL:
+            # pyarrow 26 writes none in a plain file; one that did would count row groups in parquet.thrift's
+            # i16, which wraps past 32,767.
+            value = (ordinal + 2**15) % 2**16 - 2**15
+        fields.append(compact.Field(f.id, f.type, value))
+    return compact.Struct(fields)
 
 
-def _int(field: thrift.Field | None) -> int:
+def _int(field: compact.Field | None) -> int:
     if field is None or not isinstance(field.value, int):
-        raise thrift.ThriftError("malformed Parquet footer: a row group's size or row count is missing")
+        raise compact.ThriftError("malformed Parquet footer: a row group's size or row count is missing")
     return field.value
 
 
-def _moved(group: thrift.Struct, delta: int) -> thrift.Struct:
+def _moved(group: compact.Struct, delta: int) -> compact.Struct:
     """A copy of the RowGroup entry ``group`` with every file offset in it moved by ``delta`` bytes."""
-    fields: list[thrift.Field] = []
+    fields: list[compact.Field] = []
     for f in group.fields:
         value = f.value
         if f.id == _GROUP_FILE_OFFSET:
             value = _shift(value, delta)
-        elif f.id == _GROUP_COLUMNS and isinstance(value, thrift.List):
-            value = thrift.List(value.type, value.element_type, [_moved_chunk(c, delta) for c in value.values])
-        fields.append(thrift.Field(f.id, f.type, value))
-    return thrift.Struct(fields)
+        elif f.id == _GROUP_COLUMNS and isinstance(value, compact.List):
+            value = compact.List(value.type, value.element_type, [_moved_chunk(c, delta) for c in value.values])
+        fields.append(compact.Field(f.id, f.type, value))
+    return compact.Struct(fields)
 
 
-def _moved_chunk(chunk: thrift.Value, delta: int) -> thrift.Struct:
-    if not isinstance(chunk, thrift.Struct):
-        raise thrift.ThriftError("malformed Parquet footer: a column chunk is not a struct")
-    fields: list[thrift.Field] = []
+def _moved_chunk(chunk: compact.Value, delta: int) -> compact.Struct:
+    if not isinstance(chunk, compact.Struct):
+        raise compact.ThriftError("malformed Parquet footer: a column chunk is not a struct")
+    fields: list[compact.Field] = []
     for f in chunk.fields:
         value = f.value
         if f.id in (_CHUNK_FILE_OFFSET, _CHUNK_OFFSET_INDEX, _CHUNK_COLUMN_INDEX):
             value = _shift(value, delta)
-        elif f.id == _CHUNK_META and isinstance(value, thrift.Struct):
-            value = thrift.Struct(
+        elif f.id == _CHUNK_META and isinstance(value, compact.Struct):
+            value = compact.Struct(
                 [
-                    thrift.Field(m.id, m.type, _shift(m.value, delta) if m.id in _META_OFFSETS else m.value)
+                    compact.Field(m.id, m.type, _shift(m.value, delta) if m.id in _META_OFFSETS else m.value)
                     for m in value.fields
                 ]
             )
-        fields.append(thrift.Field(f.id, f.type, value))
-    return thrift.Struct(fields)
+        fields.append(compact.Field(f.id, f.type, value))
+    return compact.Struct(fields)
 
 
-def _shift(offset: thrift.Value, delta: int) -> thrift.Value:
+def _shift(offset: compact.Value, delta: int) -> compact.Value:
     """An absolute file offset moved by ``delta``; 0 is left alone: writers put it in deprecated, unused fields."""
     if not isinstance(offset, int) or isinstance(offset, bool):
-        raise thrift.ThriftError("malformed Parquet footer: an offset is not an integer")
+        raise compact.ThriftError("malformed Parquet footer: an offset is not an integer")
     return offset + delta if offset else offset
