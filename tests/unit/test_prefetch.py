@@ -3,49 +3,53 @@ raise them, and no thread left running when the consumer stops early."""
 
 from __future__ import annotations
 
-import random
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
+from tests.helpers import SwappedPairs
 
 from dsexport.engine.prefetch import ordered_map
 
 
-def test_order_is_kept_whatever_the_timing() -> None:
-    rng = random.Random(3)
-    delays = [rng.random() / 500 for _ in range(300)]
-
-    def slow_square(i: int) -> int:
-        time.sleep(delays[i])
-        return i * i
-
-    assert list(ordered_map(slow_square, range(300), workers=4, in_flight=5)) == [i * i for i in range(300)]
+def test_order_is_kept_however_the_results_come_in() -> None:
+    """Of each pair of items the second finishes first, yet the results come out in order."""
+    swapped = SwappedPairs()
+    square = swapped.wrap(lambda i: i * i)
+    assert list(ordered_map(square, swapped.ending(range(300)), workers=4, in_flight=5)) == [i * i for i in range(300)]
+    assert swapped.swapped == 150
 
 
-def test_at_most_ahead_plus_one_items_are_in_flight() -> None:
-    lock = threading.Lock()
-    taken = 0
-    done = 0
-    most = 0
+def test_at_most_in_flight_items_are_taken_and_not_yet_handed_on() -> None:
+    """Each call returns only once the pipeline is full (or the source is done), so the bound is what stops the
+    source from being read further, not the speed of the work."""
+    in_flight = 3
+    changed = threading.Condition()
+    taken = done = most = 0
+    ended = False
 
     def items() -> Iterator[int]:
-        nonlocal taken, most
+        nonlocal taken, most, ended
         for i in range(200):
-            with lock:
+            with changed:
                 taken += 1
                 most = max(most, taken - done)
+                changed.notify_all()
             yield i
+        with changed:
+            ended = True
+            changed.notify_all()
 
     def work(i: int) -> int:
-        time.sleep(0.0005)
+        with changed:
+            assert changed.wait_for(lambda: taken - done >= in_flight or ended, timeout=60)
         return i
 
-    for _ in ordered_map(work, items(), workers=3, in_flight=3):
-        with lock:
+    for _ in ordered_map(work, items(), workers=3, in_flight=in_flight):
+        with changed:
             done += 1
-    assert most <= 3 + 1  # submitted and not yet yielded, plus the one being taken from the source
+            changed.notify_all()
+    assert most == in_flight
 
 
 def test_a_source_error_comes_after_the_results_before_it() -> None:
