@@ -66,9 +66,10 @@ class PartFile:
 
 @dataclass(frozen=True)
 class Hashed:
-    """The end of one file's chunks in the byte copy, with the hex SHA-256 of them all."""
+    """The end of one file's chunks in the byte copy. ``sha256`` gives the hex SHA-256 of them all, waiting for it
+    if need be: the reader's hash thread may still be hashing the last chunks while the part is made durable."""
 
-    sha256: str
+    sha256: Callable[[], str]
 
 
 # Nested rows expand several-fold as JSON text, which a slice holds until it is written: 8 Ki-row slices (about
@@ -115,29 +116,30 @@ def copy_part(
 ) -> PartFile:
     """Write one source file's bytes, unchanged, as the part ``name``: the byte copy.
 
-    ``pieces`` holds the file's chunks and then its ``Hashed``: whoever reads the file hashes it (a read-ahead
-    thread, while this one writes), so hashing and writing overlap instead of adding up. ``origin`` is the source
-    file, ``size`` its size as listed and ``records`` its rows as its footer says. A file whose length is not the
-    listed size changed after it was listed, so it is no longer the file whose footer was checked: the part is
-    abandoned and the run fails, transiently, since a retry lists and checks the file again.
+    ``pieces`` holds the file's chunks and then its ``Hashed``: whoever reads the file hashes it (on threads of its
+    own, while this one writes), so hashing and writing overlap instead of adding up, and the hash is asked for
+    only once the part is written, so its last chunks are hashed while the part is flushed to storage. ``origin``
+    is the source file, ``size`` its size as listed and ``records`` its rows as its footer says. A file whose
+    length is not the listed size changed after it was listed, so it is no longer the file whose footer was
+    checked: the part is abandoned and the run fails, transiently, since a retry lists and checks the file again.
     """
     with transport.open_write(join(folder, name)) as target:
-        written, digest = _write_file(pieces, target)
+        written, hashed = _write_file(pieces, target)
         if written != size:
             raise SourceError(
                 f"source file {origin} changed while it was exported ({written} bytes, listed with {size}); "
                 "source files must not change once visible",
                 transient=True,
             )
-    return PartFile(name, records, written, digest, via="copy", source=origin)
+    return PartFile(name, records, written, hashed.sha256(), via="copy", source=origin)
 
 
-def _write_file(pieces: Iterator[bytes | Hashed], target: Writable) -> tuple[int, str]:
-    """The chunks of one file into ``target``, up to its ``Hashed``: the bytes written and their SHA-256."""
+def _write_file(pieces: Iterator[bytes | Hashed], target: Writable) -> tuple[int, Hashed]:
+    """The chunks of one file into ``target``, up to its ``Hashed``: the bytes written, and the ``Hashed``."""
     written = 0
     for piece in pieces:
         if isinstance(piece, Hashed):
-            return written, piece.sha256
+            return written, piece
         target.write(piece)
         written += len(piece)
     raise RuntimeError("the byte copy's chunks ended inside a file")  # a bug in the caller, not a data problem
