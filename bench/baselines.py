@@ -9,8 +9,6 @@ alone) to show where the time goes.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
-import importlib.util
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -154,29 +152,29 @@ def without_fsync(prepare: Prepare) -> Prepare:
     return prepare_nofsync
 
 
-def _read_ahead() -> tuple[Callable[..., Iterator[pa.RecordBatch]], int] | None:
-    """exporter's read-ahead thread around Source.batches (dsexport.prefetch), if this version has one."""
-    try:
-        module = importlib.import_module("dsexport.engine.prefetch")
-        depth = int(importlib.import_module("dsexport.engine.exporter").PREFETCH_BATCHES)
-    except (ImportError, AttributeError):
-        return None
-    return module.prefetch, depth
+def one_encoder(prepare: Prepare) -> Prepare:
+    """Diagnostic: the same run with the writers encoding on one thread (the calling thread still decodes meanwhile,
+    as the read-ahead thread did before the encoding became parallel), to show what more threads gain."""
+
+    def prepare_one(out: Path) -> Callable[[], Output]:
+        run = prepare(out)
+
+        def run_one() -> Output:
+            with mock.patch.object(writers, "ENCODE_WORKERS", 1):
+                return run()
+
+        return run_one
+
+    return prepare_one
 
 
 def dsexport_batches(dataset: pads.Dataset) -> Iterator[pa.RecordBatch]:
-    """The batches dsexport's exporter writes: Source.batches, behind its read-ahead thread if it has one."""
-    batches = sources.Source.batches(dataset, plan=Plan.of(DEFAULT_BUDGET))
-    ahead = _read_ahead()
-    return batches if ahead is None else ahead[0](batches, depth=ahead[1])
+    """The batches dsexport's exporter writes: Source.batches, decoded on the calling thread."""
+    return sources.Source.batches(dataset, plan=Plan.of(DEFAULT_BUDGET))
 
 
 def read_settings() -> str:
-    ahead = _read_ahead()
-    thread = f", read-ahead thread of {_n(ahead[1], 'batch')}" if ahead else ""
-    return (
-        f"scanner readahead {_n(sources.BATCH_READAHEAD, 'batch')} / {_n(sources.FRAGMENT_READAHEAD, 'file')}{thread}"
-    )
+    return f"scanner readahead {_n(sources.BATCH_READAHEAD, 'batch')} / {_n(sources.FRAGMENT_READAHEAD, 'file')}"
 
 
 def _n(count: int, noun: str) -> str:
@@ -185,9 +183,15 @@ def _n(count: int, noun: str) -> str:
 
 
 def dsexport_threads(fmt: str) -> str:
-    writer = "ParquetWriter encodes on the calling thread" if fmt == "parquet" else "polars pool serializes"
-    behind = "; hash + write on a write-behind thread" if importlib.util.find_spec("dsexport.engine.sink") else ""
-    return f"scan: pyarrow pool ({pa.cpu_count()}), {read_settings()}; {writer}{behind}"
+    workers = getattr(writers, "ENCODE_WORKERS", 1)
+    if fmt == "parquet":
+        pieces = f"column ranges of a row group ({getattr(writers, 'RANGES_PER_WORKER', 1)} per thread), joined"
+    else:
+        pieces = f"slices of {getattr(writers, 'JSON_SLICE_ROWS', 0):,} rows, serialized by polars"
+    return (
+        f"scan: calling thread, pyarrow pool ({pa.cpu_count()}), {read_settings()}; encode: {workers} threads, "
+        f"{pieces}; hash + write on a write-behind thread"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- Parquet
@@ -205,6 +209,44 @@ def pyarrow_parquet(source: Path) -> Prepare:
             with pq.ParquetWriter(target, dataset.schema, compression="snappy") as writer:
                 for batch in scanner.to_batches():
                     writer.write_batch(batch)
+            return Output([target])
+
+        return run
+
+    return prepare
+
+
+def duckdb_parquet(source: Path) -> Prepare:
+    """DuckDB's COPY to Parquet, snappy (its default codec, said anyway): it encodes row groups in parallel."""
+
+    def prepare(out: Path) -> Callable[[], Output]:
+        target = out / "events.parquet"
+
+        def run() -> Output:
+            con = duckdb.connect()
+            try:
+                con.execute(
+                    f"COPY (SELECT * FROM read_parquet('{source}/*.parquet')) TO '{target}' "
+                    "(FORMAT parquet, COMPRESSION snappy)"
+                )
+            finally:
+                con.close()
+            return Output([target])
+
+        return run
+
+    return prepare
+
+
+def polars_sink_parquet(source: Path) -> Prepare:
+    """polars' streaming Parquet writer, snappy: fast, but it writes its own types (large strings and lists, maps as
+    lists of structs), so dsexport cannot use it for parts that keep the source's Arrow schema."""
+
+    def prepare(out: Path) -> Callable[[], Output]:
+        target = out / "events.parquet"
+
+        def run() -> Output:
+            pl.scan_parquet(str(source / "*.parquet")).sink_parquet(target, compression="snappy")
             return Output([target])
 
         return run

@@ -75,7 +75,7 @@ def contestants(source: Path) -> list[Contestant]:
             "fastpath",
             "dsexport, byte-copy fast path",
             "dsexport",
-            "a reader thread per file reads and hashes, the caller writes; "
+            "per file a reader thread reads, a hash thread hashes, the caller writes; "
             f"{FilesystemTransport.parallel_writes} parts at once (filesystem transport)",
             export,
         ),
@@ -196,7 +196,7 @@ def add_timings(results: Results, timings: dict[str, Timing], source_mib: float)
         results.notes.append(
             f"**Fast path vs plain copy ({over_copy:.2f}x of medians, best {over_copy_best:.2f}x; target "
             f"{MAX_COPY_RATIO:.1f}x).** {cpu} The copy is in-kernel and neither hashes, renames nor commits; the "
-            "fast path hashes every byte (the manifest's sha256) on reader threads while the parts are written, "
+            "fast path hashes every byte (the manifest's sha256) on hash threads while the parts are written, "
             "two at a time, and adds a whole run's fixed work (YAML, the destination's state, the listing, every "
             "file's footer read twice: once by the dataset, once by the fast path's checks; the manifest)."
         )
@@ -245,8 +245,8 @@ MEANING = """\
 **What the numbers mean.** Seconds are wall-clock; the verdict uses medians of the interleaved repetitions, and
 the ratio of the best runs is given too (interference on a shared machine only ever adds time). The fast path's
 time is a whole in-process `dsexport run`: loading the YAML, reading the destination's state, listing the source,
-reading every file's footer (codec, schema, row count), then per file a reader thread reading and hashing
-(SHA-256) while the part is written through a temporary name, fsynced and renamed (the folder fsynced too), then
+reading every file's footer (codec, schema, row count), then per file a reader thread reading, a hash thread
+hashing (SHA-256) while the part is written through a temporary name, fsynced and renamed (the folder fsynced too), then
 the manifest and `_SUCCESS`. The re-encoding path is the same run with the fast path off: every row decoded and
 encoded again. The plain copy moves the same bytes with `shutil.copyfile` (in-kernel) and fsyncs each file, but
 neither hashes nor renames nor writes a manifest. Peak RSS is the resident high-water mark of the CLI process,

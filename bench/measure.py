@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from bench.baselines import EXPORTED, FIRST_AT, Contestant, Role, cli, cli_result, flow_file, run_dsexport
+from bench.baselines import EXPORTED, FIRST_AT, Contestant, cli, cli_result, flow_file, run_dsexport
 from bench.data import MIB, parquet_paths
 from dsexport.engine import sources
 from dsexport.engine.memory import DEFAULT_BUDGET, Plan
@@ -103,10 +103,6 @@ def interleaved(
             shutil.rmtree(out, ignore_errors=True)
     os.sync()
     return timings
-
-
-def fastest(timings: dict[str, Timing], role: Role) -> Timing:
-    return min((t for t in timings.values() if t.contestant.role == role), key=lambda t: t.best)
 
 
 def sha256_seconds(nbytes: int) -> float:

@@ -7,8 +7,10 @@ import gzip
 import hashlib
 import json
 import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pyarrow as pa
 import pyarrow.json as pajson
@@ -24,6 +26,9 @@ from dsexport.engine import DatasetResult
 from dsexport.engine.sources import Source
 
 START = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
 
 def flow_yaml(
@@ -192,3 +197,54 @@ class ListingSpy:
             return original(source, folder, recursive=recursive, missing_ok=missing_ok)
 
         monkeypatch.setattr(Source, "_list", spy)
+
+
+class SwappedPairs:
+    """Makes the calls of a function finish out of order, without sleeping: of each pair of calls (0 and 1, 2 and
+    3, ...) the second finishes first, so code that runs them on several threads must put the results back in
+    order itself. Each call is to be one item of ``ending(items)``: the first of a pair waits for the second
+    unless the items ran out before it. Only calls on threads named ``thread_prefix`` take part: a call on the
+    thread that feeds the workers would wait for a call it has yet to make."""
+
+    def __init__(self, *, thread_prefix: str = "") -> None:
+        self.thread_prefix = thread_prefix
+        self.swapped = 0  # pairs whose second call finished first
+        self._changed = threading.Condition()
+        self._calls = 0
+        self._finished: set[int] = set()
+        self._items: int | None = None  # how many items there were, once they ran out
+
+    def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
+        def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+            if not threading.current_thread().name.startswith(self.thread_prefix):
+                return fn(*args, **kwargs)
+            with self._changed:
+                call, self._calls = self._calls, self._calls + 1
+                if call % 2 == 0:
+                    second = call + 1
+
+                    def ready() -> bool:
+                        return second in self._finished or (self._items is not None and second >= self._items)
+
+                    # A deadlock guard, not a delay: the second call comes at once unless the caller is broken.
+                    if not self._changed.wait_for(ready, timeout=60):
+                        raise AssertionError(f"call {second} never came")
+                    self.swapped += second in self._finished
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._changed:
+                    self._finished.add(call)
+                    self._changed.notify_all()
+
+        return wrapped
+
+    def ending(self, items: Iterable[T]) -> Iterator[T]:
+        """``items``, counted: once they run out, a call without a second one goes ahead."""
+        count = 0
+        for item in items:
+            count += 1
+            yield item
+        with self._changed:
+            self._items = count
+            self._changed.notify_all()

@@ -367,7 +367,7 @@ def test_copy_part_refuses_a_source_of_another_length_and_leaves_no_file(tmp_pat
     transport = FilesystemTransport(tmp_path)
     with pytest.raises(SourceError, match="changed while it was exported") as raised:
         writers.copy_part(
-            iter([b"abc", b"def", Hashed("0" * 64)]),
+            iter([b"abc", b"def", Hashed(lambda: "0" * 64)]),
             origin="a.parquet",
             size=7,
             records=1,
@@ -381,7 +381,7 @@ def test_copy_part_refuses_a_source_of_another_length_and_leaves_no_file(tmp_pat
 
 def test_copy_part_writes_the_bytes_and_takes_the_readers_hash(tmp_path: Path) -> None:
     part = writers.copy_part(
-        iter([b"abc", b"def", Hashed(hashlib.sha256(b"abcdef").hexdigest())]),
+        iter([b"abc", b"def", Hashed(hashlib.sha256(b"abcdef").hexdigest)]),
         origin="a.parquet",
         size=6,
         records=3,

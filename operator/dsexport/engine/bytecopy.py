@@ -44,12 +44,15 @@ from dsexport.engine.writers import Hashed, PartFile
 from dsexport.errors import SourceError
 
 MIN_COPY_BYTES = 1 << 20
-# A copied file moves in chunks: small enough that writing a file starts soon after reading it does (a file is
-# read, hashed and written at once rather than one after the other) and that the chunks in flight (COPY_AHEAD
-# waiting, one being read, one being written) keep memory flat. An object store is read through a buffer of
+# A copied file moves in chunks, each read once and then both hashed (on a thread of its own) and written (on the
+# copying thread), so the three overlap; hashing, the most CPU of the three, releases the GIL on chunks this
+# large. Few large chunks: each costs a read, a write and two queue hand-offs of Python. At most COPY_AHEAD chunks
+# wait for the writer and HASH_AHEAD for the hasher (mostly the same chunks), so memory stays flat whatever the file
+# sizes: about (COPY_AHEAD + 3) chunks per file being copied. An object store is read through a buffer of
 # OBJECT_STORE_READ, since each read there is a request of its own.
-COPY_CHUNK = 1 << 20
-COPY_AHEAD = 8
+COPY_CHUNK = 4 << 20
+COPY_AHEAD = 3
+HASH_AHEAD = 3
 OBJECT_STORE_READ = 8 << 20
 
 # Destination compression -> the codec name in a Parquet footer.
@@ -197,9 +200,10 @@ def copy_parts(
 ) -> list[PartFile]:
     """Each file of ``copies`` into a part of its own, numbered from 0 in order.
 
-    For each file a reader thread reads (from ``dataset``'s filesystem, local or an object store) and hashes it in
-    ``COPY_CHUNK`` chunks while another writes them through the transport, so hashing overlaps writing; at most
-    ``COPY_AHEAD`` chunks wait, so memory stays flat whatever the file sizes. Up to the transport's
+    For each file a reader thread reads it (from ``dataset``'s filesystem, local or an object store) in
+    ``COPY_CHUNK`` chunks, a hash thread hashes them and the copying thread writes them through the transport, so
+    the three overlap; a few chunks wait (``COPY_AHEAD``, ``HASH_AHEAD``), so memory stays flat whatever the file
+    sizes. Up to the transport's
     ``parallel_writes`` files are copied at once. After a failure no new file is started, the ones under way
     finish, and the first failure (in file order) is raised: parts already written are leftovers that the next
     run of the slot removes, as with any failed run.
@@ -274,32 +278,51 @@ class _Failed:
 
 
 class _FileReader:
-    """Reads and hashes one file on a thread of its own, started at once, at most ``COPY_AHEAD`` chunks ahead of
-    the writer; ``pieces()`` yields the chunks and then the file's ``Hashed``, and re-raises the reader's error."""
+    """Reads one file on a thread of its own, started at once, at most ``COPY_AHEAD`` chunks ahead of the writer,
+    and hashes it on another, at most ``HASH_AHEAD`` chunks behind the reader; ``pieces()`` yields the chunks and
+    then the file's ``Hashed``, and re-raises the reader's error.
+
+    Hashing on its own thread lets the writer write (and then flush the part to storage) without waiting for the
+    hash: on two cores, SHA-256 costs more CPU than reading and writing the same bytes together.
+    """
 
     def __init__(self, filesystem: pafs.FileSystem, item: CopyFile) -> None:
         self._filesystem = filesystem
         self._item = item
         self._queue: queue.Queue[bytes | Hashed | _Failed] = queue.Queue(maxsize=COPY_AHEAD)
+        self._to_hash: queue.Queue[bytes | None] = queue.Queue(maxsize=HASH_AHEAD)
+        self._digest = hashlib.sha256()
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._read, name="dsexport-copy-read", daemon=True)
-        self._thread.start()
+        self._hasher = threading.Thread(target=self._hash, name="dsexport-copy-hash", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="dsexport-copy-read", daemon=True)
+        self._hasher.start()
+        self._reader.start()
 
     def _read(self) -> None:
         try:
-            digest = hashlib.sha256()
             # compression=None: the default guesses a codec from the name and would decompress a .gz file.
             local = isinstance(self._filesystem, pafs.LocalFileSystem)
             buffer = None if local else OBJECT_STORE_READ
             with self._filesystem.open_input_stream(self._item.path, compression=None, buffer_size=buffer) as stream:
                 while not self._stopped.is_set() and (chunk := stream.read(COPY_CHUNK)):
-                    digest.update(chunk)
+                    self._to_hash.put(chunk)
                     self._queue.put(chunk)
-            self._queue.put(Hashed(digest.hexdigest()))
+            self._queue.put(Hashed(self._sha256))
         except (pa.ArrowException, OSError) as e:
             self._queue.put(_Failed(_read_error(self._item.listed, e)))
         except BaseException as e:  # re-raised in the writer's thread
             self._queue.put(_Failed(e))
+        finally:
+            self._to_hash.put(None)
+
+    def _hash(self) -> None:
+        while (chunk := self._to_hash.get()) is not None:
+            self._digest.update(chunk)
+
+    def _sha256(self) -> str:
+        """The file's SHA-256, once the hasher has taken every chunk read (the reader ended with the file)."""
+        self._hasher.join()
+        return self._digest.hexdigest()
 
     def pieces(self) -> Iterator[bytes | Hashed]:
         while True:
@@ -311,12 +334,13 @@ class _FileReader:
                 return
 
     def close(self) -> None:
-        """Stop reading (a no-op once the file is read) and wait for the thread."""
+        """Stop reading (a no-op once the file is read) and wait for both threads."""
         self._stopped.set()
-        while self._thread.is_alive():  # unblock a reader waiting on a full queue, then let it see `stopped`
+        while self._reader.is_alive():  # unblock a reader waiting on a full queue, then let it see `stopped`
             with contextlib.suppress(queue.Empty):
                 self._queue.get(timeout=0.05)
-        self._thread.join()
+        self._reader.join()
+        self._hasher.join()  # the reader's last act was to tell it to stop
 
     def __enter__(self) -> _FileReader:
         return self

@@ -40,13 +40,10 @@ from dsexport.engine.manifest import (
     SchemaField,
     WatermarkRange,
 )
-from dsexport.engine.prefetch import prefetch
 from dsexport.engine.result import DatasetResult, Outcome
 from dsexport.engine.sources import Source, SourceFile
 from dsexport.engine.writers import PartFile, write_parts
 from dsexport.errors import ConfigError, DsexportError, StateError
-
-PREFETCH_BATCHES = 1
 
 log = logging.getLogger(__name__)
 
@@ -421,13 +418,16 @@ def _encode(
     on_records: Callable[[int], None] | None,
 ) -> tuple[list[PartFile], pa.Scalar | None]:
     """Decode ``dataset``'s rows (those above the cursor, if any) and encode them into parts numbered from
-    ``first_index``; with the cursor column's maximum, tracked on the way so the watermark needs no second pass."""
+    ``first_index``; with the cursor column's maximum, tracked on the way so the watermark needs no second pass.
+
+    Decoding runs on this thread (and pyarrow's pool) while the writers' threads encode what came before, so the
+    two overlap without a read-ahead thread, whose queue only kept more decoded batches in memory."""
     schema = dataset.schema
     running_max: list[pa.Scalar | None] = [cursor.value if cursor else None]
 
     def batches() -> Iterator[pa.RecordBatch]:
         filter_ = cursor.filter(schema) if cursor is not None else None
-        for batch in prefetch(Source.batches(dataset, filter_, plan=memory_plan), depth=PREFETCH_BATCHES):
+        for batch in Source.batches(dataset, filter_, plan=memory_plan):
             if cursor is not None:
                 running_max[0] = watermark.scan_max(batch, cursor.column, running_max[0])
             yield batch

@@ -57,7 +57,7 @@ import pyarrow.compute as pc
 
 from dsexport.errors import SchemaError
 
-__all__ = ["NdjsonWriter", "encode_batch", "json_schema"]
+__all__ = ["NdjsonWriter", "encode_batch", "json_schema", "ndjson_chunks"]
 
 # Encoded strings use 64-bit offsets so a large batch of long values (base64 grows data by 4/3) cannot
 # overflow the 2 GiB limit of 32-bit string offsets.
@@ -229,13 +229,14 @@ def json_schema(schema: pa.Schema) -> pa.Schema:
 # -------------------------------------------------------------------------------------------- array level
 
 
-def encode_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+def encode_batch(batch: pa.RecordBatch, *, column_parallel: bool = True) -> pa.RecordBatch:
     """Convert every column to JSON-representable Arrow types (see the module docstring).
 
     Returns ``batch`` itself when its schema needs no conversion.  Raises SchemaError for types without a
     JSON encoding and for temporal values outside the encodable range.  Large batches with
     several columns to convert are converted column-parallel on a small thread pool (the compute kernels
-    release the GIL).
+    release the GIL), unless ``column_parallel`` is false: a caller that already encodes several batches at
+    once on threads of its own (the part writers) gains nothing from more threads but their hand-offs.
     """
     plan = _plan(batch.schema)
     if plan is None:
@@ -245,7 +246,8 @@ def encode_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     columns = list(batch.columns)
     todo = [i for i, need in enumerate(needs) if need]
     names = batch.schema.names
-    executor = _executor() if len(todo) > 1 and batch.num_rows >= _PARALLEL_MIN_ROWS else None
+    parallel = column_parallel and len(todo) > 1 and batch.num_rows >= _PARALLEL_MIN_ROWS
+    executor = _executor() if parallel else None
     if executor is None:
         for i in todo:
             columns[i] = _encode(columns[i], types[i], names[i])
@@ -559,13 +561,14 @@ def _compact(arr: pa.Array) -> pa.Array:
 class NdjsonWriter:
     """Append NDJSON (one JSON object per row, ``\\n``-terminated, columns in schema order) to ``sink``.
 
-    Batches are converted with :func:`encode_batch` and serialized by polars.  ``close()`` flushes but
-    does not close ``sink``; the caller owns it.
+    Batches are converted with :func:`encode_batch` (``column_parallel`` is passed on) and serialized by
+    polars.  ``close()`` flushes but does not close ``sink``; the caller owns it.
     """
 
-    def __init__(self, sink: BinaryIO) -> None:
+    def __init__(self, sink: BinaryIO, *, column_parallel: bool = True) -> None:
         self._sink = sink
         self._closed = False
+        self._column_parallel = column_parallel
         self.rows_written = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -574,7 +577,7 @@ class NdjsonWriter:
         rows = batch.num_rows
         if rows == 0:
             return
-        encoded = encode_batch(batch)
+        encoded = encode_batch(batch, column_parallel=self._column_parallel)
         to_compact = _uncompacted_columns(batch.schema)
         if to_compact:
             columns = list(encoded.columns)
@@ -599,6 +602,30 @@ class NdjsonWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _Chunks:
+    """A write-only sink that keeps what it is given, as given: polars hands over ``bytes`` of its own, which are
+    kept without a copy."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.chunks.append(data if isinstance(data, bytes) else bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+
+def ndjson_chunks(batch: pa.RecordBatch) -> list[bytes]:
+    """The NDJSON text of ``batch``, exactly what ``NdjsonWriter.write(batch)`` writes, in the chunks the
+    serializer produced: the writers encode several batches at once on threads of their own this way (so not
+    column-parallel as well), and write the text of each in order."""
+    chunks = _Chunks()
+    NdjsonWriter(cast("BinaryIO", chunks), column_parallel=False).write(batch)
+    return chunks.chunks
 
 
 @functools.lru_cache(maxsize=256)

@@ -36,22 +36,34 @@ class WriteBehindSink(io.RawIOBase):
         return True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if isinstance(data, bytes):
+            self.write_frozen(data)  # immutable: no copy needed
+        else:
+            self._copy(data)  # the caller may reuse its buffer as soon as write() returns
+        return memoryview(data).nbytes
+
+    def write_frozen(self, data: bytes | memoryview) -> None:
+        """Like ``write``, but ``data`` of a chunk or more is queued as it is, not copied: for buffers nobody changes
+        once written (``bytes``, the Parquet encoder's column chunks in an Arrow buffer, polars' NDJSON text)."""
+        view = memoryview(data).cast("B")
+        if len(view) < CHUNK:
+            self._copy(view)  # small writes are coalesced, so the writer thread is not handed page headers
+            return
+        if self._error is not None:
+            raise self._error
+        self.count += len(view)
+        self._flush_pending()
+        for start in range(0, len(view), CHUNK):  # at most a chunk each, so the queue bounds memory
+            self._queue.put(view[start : start + CHUNK])
+
+    def _copy(self, data: bytes | bytearray | memoryview) -> None:
         if self._error is not None:
             raise self._error
         view = memoryview(data).cast("B")
-        size = len(view)
-        self.count += size
-        if size >= CHUNK and isinstance(data, bytes):
-            # Immutable: hand out slices without copying, each at most one chunk so the queue bounds memory.
-            self._flush_pending()
-            for start in range(0, size, CHUNK):
-                self._queue.put(view[start : start + CHUNK])
-            return size
-        # Anything else is copied: the caller may reuse its buffer as soon as write() returns.
+        self.count += len(view)
         self._pending += view
         if len(self._pending) >= CHUNK:
             self._flush_pending()
-        return size
 
     def _flush_pending(self) -> None:
         if self._pending:
