@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from dsexport.errors import AlreadyExistsError, DestinationError
 
@@ -67,6 +67,8 @@ class Transport(ABC):
     # How many ``open_write`` blocks a caller may run at once, each on its own thread, for parts that are ready
     # together (the byte copy's). 1 unless the backend is known to be safe with it and faster for it.
     parallel_writes: int = 1
+    # Whether ``copy_local_file`` copies (else it always returns None): the byte copy then hashes the file itself.
+    copies_local_files: bool = False
 
     @abstractmethod
     def describe(self) -> str:
@@ -103,6 +105,12 @@ class Transport(ABC):
         """Copy ``source`` to ``key`` inside the store, no data bytes through this process; None when this store
         cannot (another store or identity, a source it may not read): the caller then streams the bytes. Like
         ``open_write``, ``key`` appears only complete."""
+        return None
+
+    def copy_local_file(self, source: BinaryIO, key: str) -> int | None:
+        """Copy the local file open as ``source`` to ``key`` by a means faster than streaming its bytes through
+        this process (the kernel's copy, on a local destination); the bytes copied, or None when this store has
+        none (see ``copies_local_files``). Like ``open_write``, ``key`` appears only complete."""
         return None
 
     def close(self) -> None:  # noqa: B027 - most transports hold nothing to release
