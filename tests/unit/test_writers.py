@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gzip
 import hashlib
@@ -21,7 +22,10 @@ from tests.helpers import SwappedPairs
 from dsexport.api import Format
 from dsexport.destinations.filesystem import FilesystemTransport
 from dsexport.engine import jsonenc, rowgroups, writers
+from dsexport.engine.memory import DEFAULT_BUDGET, Plan
 from dsexport.errors import SchemaError
+
+PLAN = Plan.of(DEFAULT_BUDGET)
 
 SCHEMA = pa.schema([("id", pa.int64()), ("text", pa.string())])
 
@@ -42,6 +46,7 @@ def write(tmp_path: Path, sizes: list[int], **fmt: object) -> list[writers.PartF
         transport=FilesystemTransport(tmp_path),
         folder="slot",
         run_id="r1",
+        plan=PLAN,
     )
 
 
@@ -80,6 +85,7 @@ def test_a_failure_mid_part_leaves_no_file(tmp_path: Path) -> None:
             transport=FilesystemTransport(tmp_path),
             folder="slot",
             run_id="r1",
+            plan=PLAN,
         )
     # The first, full part is complete (a later run of the slot removes it); the open one left nothing behind.
     assert sorted(p.name for p in (tmp_path / "slot").iterdir()) == ["part-00000-r1.parquet"]
@@ -115,7 +121,9 @@ def events(batches: int, rows: int, seed: int = 0) -> Iterator[pa.RecordBatch]:
 EVENTS_SCHEMA = next(events(1, 1000)).schema
 
 
-def write_events(folder: Path, fmt: dict[str, object], sizes: tuple[int, int] = (9, 7000)) -> list[writers.PartFile]:
+def write_events(
+    folder: Path, fmt: dict[str, object], sizes: tuple[int, int] = (9, 7000), plan: Plan = PLAN
+) -> list[writers.PartFile]:
     return writers.write_parts(
         events(*sizes),
         schema=EVENTS_SCHEMA,
@@ -123,7 +131,14 @@ def write_events(folder: Path, fmt: dict[str, object], sizes: tuple[int, int] = 
         transport=FilesystemTransport(folder),
         folder="slot",
         run_id="r1",
+        plan=plan,
     )
+
+
+def row_groups(folder: Path, parts: list[writers.PartFile]) -> list[list[int]]:
+    """Rows of each row group, part by part."""
+    files = [pq.ParquetFile(folder / "slot" / p.path).metadata for p in parts]
+    return [[meta.row_group(i).num_rows for i in range(meta.num_row_groups)] for meta in files]
 
 
 def shaken(monkeypatch: pytest.MonkeyPatch) -> SwappedPairs:
@@ -204,13 +219,20 @@ def test_ndjson_parts_are_the_text_the_serial_writer_writes(tmp_path: Path) -> N
 
 def test_parquet_row_groups_are_the_batches_or_coalesced_to_the_row_group_size(tmp_path: Path) -> None:
     """Large batches are row groups of their own, small ones are coalesced, and a part's end ends a row group."""
-    parts = write_events(tmp_path, {"type": "parquet", "maxRecordsPerFile": 100_000}, sizes=(60, 2_000))
-    groups = [
-        [pq.ParquetFile(tmp_path / "slot" / p.path).metadata.row_group(i).num_rows for i in range(n)]
-        for p in parts
-        for n in [pq.ParquetFile(tmp_path / "slot" / p.path).metadata.num_row_groups]
-    ]
-    assert groups == [[66_000, 34_000], [20_000]]
+    roomy = dataclasses.replace(PLAN, row_group_bytes=1 << 30)
+    parts = write_events(tmp_path, {"type": "parquet", "maxRecordsPerFile": 100_000}, sizes=(60, 2_000), plan=roomy)
+    assert row_groups(tmp_path, parts) == [[66_000, 34_000], [20_000]]
+
+
+def test_parquet_row_groups_of_wide_rows_stop_at_the_planned_bytes(tmp_path: Path) -> None:
+    """Coalescing stops before a row group would pass the plan's bytes: wide rows make short row groups, which
+    is what bounds the encoders' memory."""
+    batch_bytes = next(iter(events(1, 2_000))).nbytes
+    tight = dataclasses.replace(PLAN, row_group_bytes=batch_bytes * 5 + batch_bytes // 2)
+    parts = write_events(tmp_path, {"type": "parquet", "maxRecordsPerFile": 100_000}, sizes=(60, 2_000), plan=tight)
+    groups = row_groups(tmp_path, parts)
+    assert {g for part in groups for g in part[:-1]} == {10_000}, groups  # five batches of 2,000 rows each
+    assert sum(map(sum, groups)) == 120_000
 
 
 def test_memory_stays_bounded_however_long_the_stream(tmp_path: Path) -> None:
@@ -241,6 +263,7 @@ def test_memory_stays_bounded_however_long_the_stream(tmp_path: Path) -> None:
                 transport=FilesystemTransport(tmp_path / str(batches)),
                 folder="slot",
                 run_id="r1",
+                plan=PLAN,
             )
         finally:
             done.set()
@@ -268,5 +291,6 @@ def test_rows_that_do_not_match_the_schema_fail_the_part_instead_of_corrupting_i
             transport=FilesystemTransport(tmp_path),
             folder="slot",
             run_id="r1",
+            plan=PLAN,
         )
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]

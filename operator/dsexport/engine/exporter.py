@@ -439,6 +439,7 @@ def _encode(
         transport=transport,
         folder=slot.folder,
         run_id=slot.run_id,
+        plan=memory_plan,
         on_batch=on_records,
         first_index=first_index,
     )

@@ -26,7 +26,7 @@ MIN_BUDGET: Final = 256 * MiB
 # assembled), the encoders' inputs and outputs, and the upload's buffers all fit with room for Arrow's and the
 # allocator's slack, which the benchmark shapes measured at up to about a third of the peak.
 _BATCH_SHARE: Final = 32
-_ROW_GROUP_SHARE: Final = 8
+_ROW_GROUP_SHARE: Final = 24
 _SLICE_SHARE: Final = 32
 
 
@@ -51,7 +51,7 @@ class Plan:
         return cls(
             budget=budget,
             batch_bytes=_clamp(working // _BATCH_SHARE, 1 * MiB, 16 * MiB),
-            row_group_bytes=_clamp(working // _ROW_GROUP_SHARE, 8 * MiB, 128 * MiB),
+            row_group_bytes=_clamp(working // _ROW_GROUP_SHARE, 4 * MiB, 64 * MiB),
             slice_bytes=_clamp(working // _SLICE_SHARE, 1 * MiB, 16 * MiB),
         )
 

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from dsexport import api
 from dsexport.destinations import Transport, join
 from dsexport.destinations.base import Writable
-from dsexport.engine import jsonenc, rowgroups
+from dsexport.engine import jsonenc, memory, rowgroups
 from dsexport.engine.prefetch import ordered_map
 from dsexport.engine.sink import WriteBehindSink
 from dsexport.errors import SchemaError, SourceError
@@ -205,9 +205,10 @@ class _Parquet:
 
     releases_memory = True
 
-    def __init__(self, schema: pa.Schema, compression: str) -> None:
+    def __init__(self, schema: pa.Schema, compression: str, plan: memory.Plan) -> None:
         self.schema = schema
         self.compression = compression
+        self.plan = plan
         self.footer = rowgroups.template(self._new_writer, schema)
         self._schemas: dict[tuple[int, int], pa.Schema] = {}
 
@@ -215,7 +216,8 @@ class _Parquet:
         return _parquet_writer(out, schema, self.compression)
 
     def encoded(self, batches: Iterable[tuple[pa.RecordBatch, bool]]) -> Generator[_Encoded[_RowGroup]]:
-        ranges = self._ranges(_row_groups(batches), per_row_group=RANGES_PER_WORKER * ENCODE_WORKERS)
+        groups = _row_groups(batches, most_bytes=self.plan.row_group_bytes)
+        ranges = self._ranges(groups, per_row_group=RANGES_PER_WORKER * ENCODE_WORKERS)
         done: list[rowgroups.Columns] = []
         in_flight = ENCODE_WORKERS + PARQUET_QUEUED
         with contextlib.closing(ordered_map(self._encode, ranges, workers=ENCODE_WORKERS, in_flight=in_flight)) as it:
@@ -264,22 +266,43 @@ class _Parquet:
         return _ParquetFile(rowgroups.Assembler(sink, self.footer))
 
 
-def _row_groups(batches: Iterable[tuple[pa.RecordBatch, bool]]) -> Iterator[pa.Table]:
+def _row_groups(batches: Iterable[tuple[pa.RecordBatch, bool]], *, most_bytes: int) -> Iterator[pa.Table]:
     """The row groups the writer always wrote: a batch of ``ROW_GROUP_ROWS`` rows or more on its own, smaller ones
-    coalesced until they reach it or a part's share of the batches ends; none longer than pyarrow's longest."""
+    coalesced until they reach it, ``most_bytes`` decoded bytes (the memory plan's: wide rows make short row
+    groups) or a part's share of the batches ends; none longer than pyarrow's longest.
+
+    The encoders hold several times a row group's size at once (its rows, each range's pages and its encoded
+    bytes, two row groups in flight), so a row group is kept near the size of a source batch, which the reader
+    already bounds (``memory.Plan.batch_bytes``); a batch far above that (a source whose batches the reader does
+    not size) is cut too."""
     pending: list[pa.RecordBatch] = []
-    rows = 0
+    rows = size = 0
     for batch, part_end in batches:
-        if not pending and batch.num_rows >= ROW_GROUP_ROWS:
-            yield from _at_most(pa.Table.from_batches([batch]), rowgroups.MAX_ROW_GROUP_ROWS)
+        if pending and size + batch.nbytes > most_bytes:  # it would make the row group too large: close it first
+            yield pa.Table.from_batches(pending)
+            pending, rows, size = [], 0, 0
+        if not pending and (batch.num_rows >= ROW_GROUP_ROWS or batch.nbytes >= most_bytes):
+            cut = batch.nbytes > _OVERSIZED * most_bytes
+            rows_each = _group_rows(batch, most_bytes) if cut else rowgroups.MAX_ROW_GROUP_ROWS
+            yield from _at_most(pa.Table.from_batches([batch]), rows_each)
             continue
         pending.append(batch)
         rows += batch.num_rows
+        size += batch.nbytes
         if rows >= ROW_GROUP_ROWS or part_end:
             yield from _at_most(pa.Table.from_batches(pending), rowgroups.MAX_ROW_GROUP_ROWS)
-            pending, rows = [], 0
+            pending, rows, size = [], 0, 0
     if pending:
         yield from _at_most(pa.Table.from_batches(pending), rowgroups.MAX_ROW_GROUP_ROWS)
+
+
+_OVERSIZED = 4
+
+
+def _group_rows(batch: pa.RecordBatch, most_bytes: int) -> int:
+    """Rows of ``batch`` that hold about ``most_bytes`` (at least one, at most pyarrow's longest row group)."""
+    per_row = batch.nbytes / max(batch.num_rows, 1)
+    return max(1, min(rowgroups.MAX_ROW_GROUP_ROWS, int(most_bytes // max(per_row, 1.0))))
 
 
 def _at_most(table: pa.Table, rows: int) -> Iterator[pa.Table]:
@@ -331,21 +354,27 @@ class _Json:
 
     releases_memory = False  # see _MemoryGuard
 
-    def __init__(self, compression: str) -> None:
+    def __init__(self, compression: str, plan: memory.Plan) -> None:
         self.compression = compression
+        self.plan = plan
 
     def encoded(self, batches: Iterable[tuple[pa.RecordBatch, bool]]) -> Generator[_Encoded[list[bytes]]]:
-        slices = self._slices(batches)
+        slices = self._slices(batches, self.plan)
         in_flight = ENCODE_WORKERS + JSON_QUEUED
         with contextlib.closing(ordered_map(self._encode, slices, workers=ENCODE_WORKERS, in_flight=in_flight)) as it:
             yield from it
 
     @staticmethod
-    def _slices(batches: Iterable[tuple[pa.RecordBatch, bool]]) -> Iterator[_Slice]:
+    def _slices(batches: Iterable[tuple[pa.RecordBatch, bool]], plan: memory.Plan) -> Iterator[_Slice]:
+        """Slices of ``JSON_SLICE_ROWS`` rows, or fewer when rows are wide: about ``plan.slice_bytes`` of decoded
+        rows each, since a slice's text, a few times larger, is held until it is written."""
         for batch, _ in batches:
-            for offset in range(0, batch.num_rows, JSON_SLICE_ROWS):
-                piece = batch if batch.num_rows <= JSON_SLICE_ROWS else batch.slice(offset, JSON_SLICE_ROWS)
-                yield _Slice(piece, batch_end=offset + JSON_SLICE_ROWS >= batch.num_rows)
+            rows = plan.rows(
+                row_bytes=batch.nbytes / max(batch.num_rows, 1), most=JSON_SLICE_ROWS, share=plan.slice_bytes
+            )
+            for offset in range(0, batch.num_rows, rows):
+                piece = batch if batch.num_rows <= rows else batch.slice(offset, rows)
+                yield _Slice(piece, batch_end=offset + rows >= batch.num_rows)
 
     @staticmethod
     def _encode(piece: _Slice) -> _Encoded[list[bytes]]:
@@ -470,6 +499,7 @@ class _Target:
     run_id: str
     first_index: int
     on_batch: Callable[[int], None] | None
+    plan: memory.Plan
 
 
 class _Parts(Generic[E]):
@@ -482,7 +512,7 @@ class _Parts(Generic[E]):
         self.max_bytes = target.fmt.effective_max_bytes
         self.done: list[PartFile] = []
         self.part: _Part[E] | None = None
-        self._memory = _MemoryGuard()
+        self._memory = _MemoryGuard(ceiling=target.plan.budget * 85 // 100)
 
     def add(self, encoded: _Encoded[E]) -> None:
         """Append ``encoded`` to the open part (opening one if needed), cutting it where the record limit falls;
@@ -527,21 +557,9 @@ class _Parts(Generic[E]):
             part.abort(error)
 
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _resident() -> int | None:
-    """This process's resident memory in bytes (Linux), None where it cannot be read."""
-    try:
-        with open("/proc/self/statm", "rb") as f:  # noqa: PTH123 - the cheapest read there is
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 class _MemoryGuard:
     """Has Arrow's memory pool give freed memory back once the process has grown by ``RSS_GROWTH_BUDGET`` since
-    the writer started, checked after each row group.
+    the writer started, or past ``ceiling`` (most of the memory budget), checked after each row group.
 
     Decoded batches are allocated on pyarrow's threads and freed on others, and mimalloc, Arrow's default pool,
     keeps freed memory committed for a while, so what it holds follows how fast memory churns, not what is live.
@@ -551,14 +569,15 @@ class _MemoryGuard:
     (For NDJSON, whose memory is mostly polars' and Python's, giving Arrow's back did not pay: it is not guarded.)
     """
 
-    def __init__(self) -> None:
-        self.start = _resident()
+    def __init__(self, *, ceiling: int) -> None:
+        self.start = memory.resident_bytes()
+        self.ceiling = ceiling
 
     def check(self) -> None:
         if self.start is None:
             return
-        now = _resident()
-        if now is not None and now - self.start > RSS_GROWTH_BUDGET:
+        now = memory.resident_bytes()
+        if now is not None and (now - self.start > RSS_GROWTH_BUDGET or now > self.ceiling):
             pa.default_memory_pool().release_unused()  # about a millisecond
 
 
@@ -583,6 +602,7 @@ def write_parts(
     transport: Transport,
     folder: str,
     run_id: str,
+    plan: memory.Plan,
     on_batch: Callable[[int], None] | None = None,
     first_index: int = 0,
 ) -> list[PartFile]:
@@ -591,10 +611,10 @@ def write_parts(
     Parts are numbered from ``first_index`` (after the parts the byte copy made). They become visible only as
     whole files (the transport's atomic write); the manifest, written later by the caller, is what commits them.
     """
-    target = _Target(fmt, transport, folder, run_id, first_index, on_batch)
+    target = _Target(fmt, transport, folder, run_id, first_index, on_batch, plan)
     if fmt.type == api.OutputFormat.parquet:
-        return _write(_Parts(_Parquet(schema, fmt.effective_compression), target), batches)
-    return _write(_Parts(_Json(fmt.effective_compression), target), batches)
+        return _write(_Parts(_Parquet(schema, fmt.effective_compression, plan), target), batches)
+    return _write(_Parts(_Json(fmt.effective_compression, plan), target), batches)
 
 
 def _write(parts: _Parts[E], batches: Iterable[pa.RecordBatch]) -> list[PartFile]:
