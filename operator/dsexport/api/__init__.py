@@ -8,6 +8,7 @@ lives. This layer imports nothing of the engine, the destinations or the CLI.
 
 from dsexport.api.common import (
     API_VERSION,
+    DEFAULT_MEMORY_BUDGET,
     GROUP,
     VERSION,
     Metadata,
@@ -50,6 +51,7 @@ __all__ = [
     "API_VERSION",
     "DEFAULT_MAX_FILE_SIZE",
     "DEFAULT_MAX_RECORDS_PER_FILE",
+    "DEFAULT_MEMORY_BUDGET",
     "GROUP",
     "JSON_COMPRESSIONS",
     "KINDS",
@@ -83,6 +85,12 @@ __all__ = [
     "SourceFormat",
     "Spec",
     "Strategy",
+    "memory_budget",
     "parse_duration_seconds",
     "parse_quantity",
 ]
+
+
+def memory_budget(dataset_export: DatasetExport, destination: Destination) -> str:
+    """The memory budget a run of ``dataset_export`` has: its own, else its Destination's, else the default."""
+    return dataset_export.spec.memory_budget or destination.spec.memory_budget or DEFAULT_MEMORY_BUDGET

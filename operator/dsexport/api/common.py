@@ -22,6 +22,9 @@ DATE_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
 TIME_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 DURATION_PATTERN = r"^([0-9]+(s|m|h|d))+$"
 QUANTITY_PATTERN = r"^[1-9][0-9]*(Ki|Mi|Gi|Ti|K|M|G|T)?$"
+# A memory budget in Mi or Gi, at least 256Mi (what the exporter needs to plan with): the schema says so itself.
+MEMORY_BUDGET_PATTERN = r"^((25[6-9]|2[6-9][0-9]|[3-9][0-9]{2}|[1-9][0-9]{3,})Mi|[1-9][0-9]*Gi)$"
+DEFAULT_MEMORY_BUDGET = "400Mi"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 DATASET_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 FOLDER_PATTERN = r"^$|^[A-Za-z0-9_=.-]+(/[A-Za-z0-9_=.-]+)*$"
@@ -101,3 +104,16 @@ def parse_duration_seconds(value: str) -> int:
     """Seconds from a duration such as ``15m``, ``1h30m`` or ``2d``."""
     scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     return sum(int(n) * scale[u] for n, u in re.findall(r"([0-9]+)([smhd])", value))
+
+
+MemoryBudget = Annotated[
+    str | None,
+    Field(
+        alias="memoryBudget",
+        pattern=MEMORY_BUDGET_PATTERN,
+        max_length=16,
+        description="The most memory an exporter process may use, in Mi or Gi, at least 256Mi (default 400Mi): the "
+        "exporter plans its batches, row groups and buffers from it, and in a cluster it is the pod's memory "
+        "request and limit. A DatasetExport's overrides its Destination's.",
+    ),
+]

@@ -12,6 +12,7 @@ from dsexport.api.common import (
     DURATION_PATTERN,
     NAME_PATTERN,
     TIME_PATTERN,
+    MemoryBudget,
     ObjectRef,
     Resource,
     Spec,
@@ -165,6 +166,7 @@ class DatasetExportSpec(Spec):
             "the next run continues from the last commit.",
         ),
     ] = None
+    memory_budget: MemoryBudget = None
     service_account: Annotated[
         ServiceAccount | None,
         Field(

@@ -12,6 +12,7 @@ from dsexport.api.common import (
     FOLDER_PATTERN,
     NAME_PATTERN,
     QUANTITY_PATTERN,
+    MemoryBudget,
     ObjectRef,
     Resource,
     Spec,
@@ -219,6 +220,7 @@ class DestinationSpec(Spec):
     ] = ""
     format: Format = Field(default_factory=Format)
     health_check: Annotated[HealthCheck, Field(alias="healthCheck")] = Field(default_factory=HealthCheck)
+    memory_budget: MemoryBudget = None
 
 
 class Destination(Resource):

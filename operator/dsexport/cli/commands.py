@@ -16,6 +16,7 @@ from rich.console import Console
 
 from dsexport import logs
 from dsexport.api import loader
+from dsexport.api.common import MEMORY_BUDGET_PATTERN
 from dsexport.engine import schedule
 from dsexport.engine.manifest import RESET_TOKEN_PATTERN
 from dsexport.engine.result import Outcome, RunResult
@@ -65,6 +66,12 @@ def _check_export_time(_ctx: click.Context, _param: click.Parameter, value: str 
         raise click.BadParameter(
             f"{value!r} is not an export time: give a UTC minute as YYYYMMDDHHMM, e.g. 202612011007"
         ) from None
+    return value
+
+
+def _check_memory_budget(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(MEMORY_BUDGET_PATTERN, value):
+        raise click.BadParameter(f"{value!r} is not a memory budget: give Mi or Gi, at least 256Mi (e.g. 400Mi, 2Gi)")
     return value
 
 
@@ -121,6 +128,13 @@ def main(verbose: bool) -> None:
     metavar="TOKEN",
     help="Identifies this reset: a retry finds it applied and continues incrementally (needs --reset).",
 )
+@click.option(
+    "--memory-budget",
+    callback=_check_memory_budget,
+    metavar="QUANTITY",
+    help="The most memory this process may use, e.g. 400Mi or 1Gi (at least 256Mi), instead of the "
+    "DatasetExports' or Destinations' memoryBudget (default 400Mi).",
+)
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option(
     "--result-file",
@@ -142,6 +156,7 @@ def run(
     export_time: str | None,
     resets: tuple[str, ...],
     reset_token: str | None,
+    memory_budget: str | None,
     output: str,
     result_file: str | None,
     secret_folders: tuple[str, ...],
@@ -168,6 +183,7 @@ def run(
             reset_token=reset_token,
             export_time=export_time,
             removed_ok=report_status,
+            memory_budget=memory_budget,
         )
     except loader.ManifestError as e:
         click.echo(f"error: {e}", err=True)

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
 
+from dsexport import api
 from dsexport.api.loader import Bundle, ManifestError
 from dsexport.destinations import open_transport
 from dsexport.engine import DatasetResult, ExportRequest, Outcome, export_dataset
@@ -24,6 +25,7 @@ def requests(
     reset_token: str | None = None,
     export_time: str | None = None,
     removed_ok: bool = False,
+    memory_budget: str | None = None,
 ) -> list[ExportRequest]:
     """One request per (DatasetExport, dataset entry); an entry's own schedule overrides the DatasetExport's.
 
@@ -31,7 +33,8 @@ def requests(
     ``removed_ok`` (a pod, whose Job may have been made before a dataset left the flow it reads now) a dataset no
     longer in the flow is skipped instead of refused; only the others run, and none if none is left.
     ``reset_token`` identifies the reset of the ``resets`` datasets, so that a retried reset is applied once;
-    ``export_time`` (YYYYMMDDHHMM) is the exportTime folder of every dataset, instead of the slot of ``at``.
+    ``export_time`` (YYYYMMDDHHMM) is the exportTime folder of every dataset, instead of the slot of ``at``;
+    ``memory_budget`` (``--memory-budget``) overrides the DatasetExports' and Destinations' ``memoryBudget``.
     """
     names = list(dataset_exports) or sorted(bundle.dataset_exports)
     unknown = [n for n in names if n not in bundle.dataset_exports]
@@ -55,11 +58,13 @@ def requests(
             if only and entry.name not in only:
                 continue
             dataset = bundle.datasets[entry.name]
+            destination = bundle.destinations[dataset_export.spec.destination_ref.name]
+            budget = memory_budget or api.memory_budget(dataset_export, destination)
             out.append(
                 ExportRequest(
                     dataset_export=name,
                     dataset=dataset,
-                    destination=bundle.destinations[dataset_export.spec.destination_ref.name],
+                    destination=destination,
                     mode=dataset_export.spec.mode,
                     schedule=entry.schedule or dataset_export.spec.schedule,
                     at=at,
@@ -67,6 +72,7 @@ def requests(
                     source_credentials=bundle.secret(dataset.spec.source.credentials_secret_ref),
                     reset_token=reset_token if entry.name in reset else None,
                     export_time=export_time,
+                    memory_budget=api.parse_quantity(budget),
                 )
             )
     return out
