@@ -28,6 +28,8 @@ MIN_BUDGET: Final = 256 * MiB
 _BATCH_SHARE: Final = 32
 _ROW_GROUP_SHARE: Final = 24
 _SLICE_SHARE: Final = 32
+# A row is decoded, encoded and buffered on its way (and its text held whole, for NDJSON): a few times its size.
+_LARGEST_ROW_SHARE: Final = 6
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Plan:
     batch_bytes: int  # a decoded record batch
     row_group_bytes: int  # the decoded rows of one Parquet row group the writer assembles
     slice_bytes: int  # the decoded rows of one NDJSON slice an encoder serializes
+    largest_row: int  # a row (a line of text) larger than this cannot be held a few times over: refused
 
     @classmethod
     def of(cls, budget: int, *, resident: int | None = None) -> Plan:
@@ -53,6 +56,7 @@ class Plan:
             batch_bytes=_clamp(working // _BATCH_SHARE, 1 * MiB, 16 * MiB),
             row_group_bytes=_clamp(working // _ROW_GROUP_SHARE, 4 * MiB, 64 * MiB),
             slice_bytes=_clamp(working // _SLICE_SHARE, 1 * MiB, 16 * MiB),
+            largest_row=working // _LARGEST_ROW_SHARE,
         )
 
     def rows(self, *, row_bytes: float, most: int, share: int | None = None) -> int:

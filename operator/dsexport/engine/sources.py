@@ -8,15 +8,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from dsexport import api
 from dsexport.destinations import StoredObject
 from dsexport.engine import partitions
-from dsexport.engine.memory import Plan
+from dsexport.engine.memory import MiB, Plan
 from dsexport.errors import SourceError
 
 # The most rows in a batch (fewer when rows are wide: ``memory.Plan``). Small read-ahead keeps peak memory
@@ -224,7 +227,7 @@ class Source:
                 if isinstance(fragment, pads.ParquetFileFragment):
                     yield from _parquet_batches(dataset, fragment, filter_, plan)
                 else:
-                    yield from _piece_batches(fragment, dataset.schema, filter_, BATCH_SIZE)
+                    yield from _text_batches(dataset, fragment, filter_, plan)
             except (pa.ArrowException, OSError) as e:
                 # A damaged file, a column whose type changed incompatibly, a store that stopped answering.
                 raise SourceError(f"cannot read source file {fragment.path}: {e}", transient=_transient(e)) from None
@@ -244,7 +247,10 @@ def _parquet_batches(
         reader = pq.ParquetFile(handle, buffer_size=READ_BUFFER, pre_buffer=False)
         for piece in pieces:
             [group] = piece.row_groups
-            rows = plan.rows(row_bytes=group.total_byte_size / max(group.num_rows, 1), most=BATCH_SIZE)
+            row_bytes = group.total_byte_size / max(group.num_rows, 1)
+            if row_bytes > plan.largest_row:
+                raise _too_large(fragment.path, reader.metadata.row_group(group.id), row_bytes, plan)
+            rows = plan.rows(row_bytes=row_bytes, most=BATCH_SIZE)
             for batch in reader.iter_batches(batch_size=rows, row_groups=[group.id], use_threads=False):
                 conformed = _conform(batch, schema)
                 if conformed is None:  # a type the unified schema changed in a way a cast cannot follow
@@ -254,6 +260,54 @@ def _parquet_batches(
                     conformed = conformed.filter(filter_)
                 if conformed.num_rows:
                     yield conformed
+
+
+def _too_large(path: str, group: pq.RowGroupMetaData, row_bytes: float, plan: Plan) -> SourceError:
+    """Rows too large for the budget to hold even one batch of: say where, which column and how large, rather
+    than be killed for running out of memory."""
+    column = max(range(group.num_columns), key=lambda i: group.column(i).total_uncompressed_size)
+    chunk = group.column(column)
+    return SourceError(
+        f"source file {path}: its rows take about {row_bytes / MiB:,.0f} MiB each decoded (column "
+        f"{chunk.path_in_schema!r}: {chunk.total_uncompressed_size / max(group.num_rows, 1) / MiB:,.0f} MiB a "
+        f"value), more than a memory budget of {plan.budget // MiB} MiB can hold: raise memoryBudget, or write "
+        "smaller values",
+    )
+
+
+def _text_batches(dataset: pads.Dataset, fragment: pads.Fragment, filter_: Any, plan: Plan) -> Iterator[pa.RecordBatch]:
+    """An NDJSON or CSV file's batches, read in blocks of about ``plan.batch_bytes`` of text. Arrow needs every
+    line inside one block, so the file's longest line is measured first (a pass over its bytes, a small cost
+    next to parsing them) and the block grown to hold it; a line longer than the budget allows is refused with
+    its size, never read."""
+    longest = _longest_line(dataset.filesystem, fragment.path)
+    if longest > plan.largest_row:
+        raise SourceError(
+            f"source file {fragment.path}: a line of {longest / MiB:,.0f} MiB is more than a memory budget of "
+            f"{plan.budget // MiB} MiB can hold: raise memoryBudget, or write shorter lines",
+        )
+    block = max(plan.batch_bytes, 1 << max(longest, 1).bit_length())
+    if isinstance(fragment.format, pads.JsonFileFormat):
+        options: pads.FragmentScanOptions = pads.JsonFragmentScanOptions(
+            read_options=pajson.ReadOptions(block_size=block)
+        )
+    else:
+        options = pads.CsvFragmentScanOptions(read_options=pacsv.ReadOptions(block_size=block))
+    yield from _piece_batches(fragment, dataset.schema, filter_, BATCH_SIZE, options)
+
+
+def _longest_line(filesystem: pafs.FileSystem, path: str) -> int:
+    """The length in bytes of the longest line of a text file (decompressed, as the reader will see it)."""
+    longest = current = 0
+    with filesystem.open_input_stream(path) as stream:
+        while chunk := stream.read(READ_BUFFER):
+            ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == ord("\n"))
+            if not len(ends):
+                current += len(chunk)
+                continue
+            longest = max(longest, current + int(ends[0]), int(np.diff(ends).max(initial=0)))
+            current = len(chunk) - int(ends[-1]) - 1
+    return max(longest, current)
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch | None:
@@ -275,11 +329,18 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch | None:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _piece_batches(piece: pads.Fragment, schema: pa.Schema, filter_: Any, rows: int) -> Iterator[pa.RecordBatch]:
+def _piece_batches(
+    piece: pads.Fragment,
+    schema: pa.Schema,
+    filter_: Any,
+    rows: int,
+    options: pads.FragmentScanOptions | None = None,
+) -> Iterator[pa.RecordBatch]:
     for batch in piece.to_batches(
         schema=schema,
         filter=filter_,
         batch_size=rows,
+        fragment_scan_options=options,
         batch_readahead=BATCH_READAHEAD,
         fragment_readahead=FRAGMENT_READAHEAD,
         use_threads=True,
