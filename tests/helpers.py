@@ -152,7 +152,11 @@ def read_committed_ids(dest: Path | Transport, dataset_id: str = "events", folde
                 table = pq.read_table(pa.BufferReader(data))
             else:
                 text = gzip.decompress(data) if entry["path"].endswith(".gz") else data
-                table = pajson.read_json(pa.BufferReader(text)) if text else pa.table({"_id": pa.array([], pa.int64())})
+                table = (
+                    pajson.read_json(pa.BufferReader(text), read_options=pajson.ReadOptions(block_size=len(text) + 1))
+                    if text
+                    else pa.table({"_id": pa.array([], pa.int64())})
+                )
             assert table.num_rows == entry["records"]
             ids.extend(table.column("_id").to_pylist())
     return ids

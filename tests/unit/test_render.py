@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
 import yaml
 
+from dsexport import api
 from dsexport.api import Dataset, DatasetExport, Destination
 from dsexport.api.loader import parse_documents
 from dsexport.engine import schedule as schedules
@@ -29,7 +31,7 @@ def dataset(name: str) -> Dataset:
     )
 
 
-def destination() -> Destination:
+def destination(**spec: Any) -> Destination:
     return Destination.model_validate(
         {
             "kind": "Destination",
@@ -40,6 +42,7 @@ def destination() -> Destination:
                 "credentialsSecretRef": {"name": "s3-creds"},
                 "folder": "out",
                 "format": {"type": "parquet"},
+                **spec,
             },
         }
     )
@@ -156,3 +159,24 @@ def test_long_names_fit_and_stay_unique() -> None:
     }
     assert len(names) == 4 and all(len(n) <= 52 for n in names)
     assert len(render.config_map_name("a" * 250)) <= 52
+
+
+@pytest.mark.parametrize(
+    ("on_export", "on_destination", "budget"),
+    [("2Gi", "1Gi", "2Gi"), (None, "1536Mi", "1536Mi"), (None, None, api.DEFAULT_MEMORY_BUDGET)],
+)
+def test_exporter_pods_request_and_are_limited_to_the_budget_the_exporter_plans_with(
+    on_export: str | None, on_destination: str | None, budget: str
+) -> None:
+    export = dataset_export(**({"memoryBudget": on_export} if on_export else {}))
+    target = destination(**({"memoryBudget": on_destination} if on_destination else {}))
+    jobs = cron_jobs(export, memory_budget=api.memory_budget(export, target))
+    run_now = render.run_job(cron_job=jobs[0], name="now", owner={}, args=["run"])
+    expected = {"requests": {"memory": budget}, "limits": {"memory": budget}}
+    for template in [j["spec"]["jobTemplate"]["spec"]["template"] for j in jobs] + [run_now["spec"]["template"]]:
+        assert template["spec"]["containers"][0]["resources"] == expected
+
+
+def test_without_a_budget_the_exporter_pod_has_no_resources() -> None:
+    for job in cron_jobs(dataset_export()):
+        assert "resources" not in job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]

@@ -358,7 +358,7 @@ def write(
 ) -> Written:
     """Write the selected rows into part files: first the files the byte copy takes as they are (``bytecopy``),
     then the others decoded and re-encoded; for strategy column, track the cursor's maximum on the way."""
-    dataset = selection.source.dataset(selection.files)
+    dataset = selection.source.dataset(selection.files, plan=memory_plan)
     schema = dataset.schema
     cursor = selection.cursor
     fmt = request.destination.spec.format

@@ -30,6 +30,9 @@ FRAGMENT_READAHEAD = 1
 # A Parquet file is read through a buffered stream of this size, page by page, rather than a column chunk (which
 # may hold a whole row group of millions of rows) at a time.
 READ_BUFFER = 1 << 20
+MIN_READ_BUFFER = 8 << 10
+# Rows decoded to measure a Parquet row group's rows (see ``_row_bytes``).
+PROBE_ROWS = 256
 
 log = logging.getLogger(__name__)
 
@@ -187,14 +190,17 @@ class Source:
         except (FileNotFoundError, OSError) as e:
             raise SourceError(f"cannot list source {self.spec.uri}: {e}", transient=_transient(e)) from None
 
-    def _file_format(self) -> pads.FileFormat:
+    def _file_format(self, plan: Plan) -> pads.FileFormat:
+        """The format to read the files' schemas with. Arrow reads an NDJSON or CSV schema from a file's first
+        block, which must hold whole lines: blocks as large as the longest line the budget allows (only the
+        files' beginnings are read; ``_text_batches`` sizes the blocks the rows are read in)."""
         if self.format == api.SourceFormat.parquet:
             return pads.ParquetFileFormat()
         if self.format == api.SourceFormat.json:
-            return pads.JsonFileFormat()
-        return pads.CsvFileFormat()
+            return pads.JsonFileFormat(read_options=pajson.ReadOptions(block_size=plan.largest_row))
+        return pads.CsvFileFormat(read_options=pacsv.ReadOptions(block_size=plan.largest_row))
 
-    def dataset(self, files: list[SourceFile]) -> pads.Dataset:
+    def dataset(self, files: list[SourceFile], *, plan: Plan) -> pads.Dataset:
         """A dataset over exactly these files, so rows added while a run reads never leak into it.
 
         The schema unifies every file's (columns added over time, an empty file's null-typed columns,
@@ -206,10 +212,15 @@ class Source:
         paths = [f"{self.root}/{f.path}" for f in files if not (skip_empty and f.size == 0)]
         try:
             factory = pads.FileSystemDatasetFactory(
-                self.fs, paths, self._file_format(), pads.FileSystemFactoryOptions()
+                self.fs, paths, self._file_format(plan), pads.FileSystemFactoryOptions()
             )
             return factory.finish(factory.inspect(promote_options="permissive"))
         except (pa.ArrowException, OSError) as e:
+            if "straddl" in str(e):  # a line longer than the block
+                e = ValueError(
+                    f"{e}: a line is longer than the {plan.largest_row // MiB} MiB a memory budget of "
+                    f"{plan.budget // MiB} MiB can hold; raise memoryBudget, or write shorter lines"
+                )
             raise SourceError(f"cannot read source {self.spec.uri}: {e}", transient=_transient(e)) from None
 
     @staticmethod
@@ -243,11 +254,13 @@ def _parquet_batches(
     pieces = fragment.split_by_row_group(filter_, schema=schema)
     if not pieces:
         return
+    # Each column is read through a buffer of its own: 1,000 columns of 1 MiB would be a gigabyte.
+    buffer = max(MIN_READ_BUFFER, min(READ_BUFFER, plan.batch_bytes // max(len(schema), 1)))
     with dataset.filesystem.open_input_file(fragment.path) as handle:
-        reader = pq.ParquetFile(handle, buffer_size=READ_BUFFER, pre_buffer=False)
+        reader = pq.ParquetFile(handle, buffer_size=buffer, pre_buffer=False)
         for piece in pieces:
             [group] = piece.row_groups
-            row_bytes = group.total_byte_size / max(group.num_rows, 1)
+            row_bytes = _row_bytes(reader, group, plan)
             if row_bytes > plan.largest_row:
                 raise _too_large(fragment.path, reader.metadata.row_group(group.id), row_bytes, plan)
             rows = plan.rows(row_bytes=row_bytes, most=BATCH_SIZE)
@@ -260,6 +273,22 @@ def _parquet_batches(
                     conformed = conformed.filter(filter_)
                 if conformed.num_rows:
                     yield conformed
+
+
+def _row_bytes(reader: pq.ParquetFile, group: pads.RowGroupInfo, plan: Plan) -> float:
+    """The decoded bytes per row of a row group, to size its batches by.
+
+    The footer's sizes are of the encoded pages, which for a dictionary-encoded column (a few distinct long
+    strings) are a small fraction of the decoded values: 4 KiB strings read as 10 bytes a row. So the first
+    ``PROBE_ROWS`` rows are decoded and measured too (they are read again with the batch size this gives, a
+    small cost once per row group), and the larger of the two counts. A row group whose footer already says its
+    rows are too large is not probed."""
+    encoded = float(group.total_byte_size) / max(int(group.num_rows), 1)
+    if encoded > plan.largest_row:
+        return encoded
+    probe = next(reader.iter_batches(batch_size=PROBE_ROWS, row_groups=[group.id], use_threads=False), None)
+    decoded = float(probe.nbytes) / max(int(probe.num_rows), 1) if probe is not None else 0.0
+    return max(encoded, decoded)
 
 
 def _too_large(path: str, group: pq.RowGroupMetaData, row_bytes: float, plan: Plan) -> SourceError:

@@ -121,6 +121,7 @@ def desired(
                     volume_mounts=mounts,
                     report_status=True,
                     pod_labels=identity.pod_labels if identity else None,
+                    memory_budget=api.memory_budget(runnable, destination),
                 ),
             )
         )

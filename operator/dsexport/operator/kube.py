@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from urllib3.exceptions import HTTPError
 
 from dsexport import api
-from dsexport.operator import apiserver
+from dsexport.operator import apiserver, results
 from dsexport.operator.apiserver import ApiError, ApiServer
 from dsexport.operator.render import LABEL_EXPORT
 
@@ -214,16 +214,15 @@ class Kube:
         if self._request("DELETE", path, body={"propagationPolicy": "Background"}) is not None:
             self.writes += 1
 
-    def terminations(self, *, namespace: str, job: str) -> dict[str, str]:
-        """The termination message of each of ``job``'s pods that ended with one (pod name: message)."""
+    def terminations(self, *, namespace: str, job: str) -> dict[str, results.Termination]:
+        """How each of ``job``'s pods that ended with a message, or out of memory, ended (pod name: termination)."""
         selector = [("labelSelector", f"batch.kubernetes.io/job-name={job}")]
         pods = self._request("GET", f"/api/v1/namespaces/{namespace}/pods", query=selector)
-        found: dict[str, str] = {}
+        found: dict[str, results.Termination] = {}
         for pod in (pods or {}).get("items") or []:
-            for status in (pod.get("status") or {}).get("containerStatuses") or []:
-                message = ((status.get("state") or {}).get("terminated") or {}).get("message")
-                if isinstance(message, str) and message:
-                    found[pod["metadata"]["name"]] = message
+            ended = results.Termination.of(pod)
+            if ended is not None:
+                found[pod["metadata"]["name"]] = ended
         return found
 
     def create_job(self, job: Mapping[str, Any], *, namespace: str) -> bool:

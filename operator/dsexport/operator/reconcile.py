@@ -7,7 +7,6 @@ writes nothing the first run did not, and creates no second Job.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -18,7 +17,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from dsexport import api
-from dsexport.api.status import CronJobRef, DatasetExportStatus, DestinationStatus
+from dsexport.api.status import CronJobRef, DatasetExportStatus, DestinationStatus, LastExport
 from dsexport.engine import schedule as schedules
 from dsexport.errors import DestinationError
 from dsexport.operator import checks, render, results
@@ -270,10 +269,7 @@ class Reconciler:
         # A pod that could not write its result into the status (API server away) left it as its termination
         # message, shortened to 4 KiB if need be: better than counting the run as a failure.
         terminations = self.kube.terminations(namespace=namespace, job=finished.name)
-        reports = {pod: text for pod, text in terminations.items() if text.lstrip().startswith("{")}
-        logs = [text for pod, text in sorted(terminations.items()) if pod not in reports]
-        if logs:  # the pod failed before writing a result: its last log lines say why
-            finished = dataclasses.replace(finished, message=f"{finished.message}; {logs[-1].strip()[-600:]}")
+        finished, reports = results.with_terminations(finished, terminations)
         recorded: list[bool] = []
 
         def mutate(status: DatasetExportStatus, obj: dict[str, Any]) -> None:
@@ -290,12 +286,17 @@ class Reconciler:
             plural=PLURAL, namespace=job["metadata"]["namespace"], name=flow, model=DatasetExportStatus, mutate=mutate
         )
         if out.status is not None and recorded and recorded[0] and out.status.last_export is not None:
-            last = out.status.last_export
-            ok = last.result == "Succeeded"
-            text = f"{finished.name}: {last.message}; {last.records} record(s), {last.files} file(s)"
             out.seconds = _duration(finished.start, finished.end)
-            out.events.append(Event("Normal" if ok else "Warning", "ExportSucceeded" if ok else "ExportFailed", text))
+            out.events.append(export_event(out.status.last_export))
         return out
+
+
+def export_event(last: LastExport) -> Event:
+    """The Event for a Job just recorded. Its reason stays ``ExportFailed`` whatever the failure (an OOMKilled
+    one too), so one field selector finds every failed export; the message, the status's, says why."""
+    ok = last.result == "Succeeded"
+    text = f"{last.job}: {last.message}; {last.records} record(s), {last.files} file(s)"
+    return Event("Normal" if ok else "Warning", "ExportSucceeded" if ok else "ExportFailed", text)
 
 
 class DestinationReconciler:
@@ -350,7 +351,7 @@ class DestinationReconciler:
         verdict = checks.verdict(
             job_succeeded=finished.succeeded,
             job_message=finished.message,
-            termination=next(iter(terminations.values()), None),
+            termination=next((t.message for t in terminations.values() if t.message), None),
         )
         generation = (meta.get("annotations") or {}).get(checks.ANNOTATION_GENERATION)
         changed: list[bool] = []

@@ -223,6 +223,13 @@ def claim_volumes(
     return list(volumes.values()), mounts
 
 
+def memory_resources(budget: str) -> dict[str, Any]:
+    """An exporter container's resources from its memory budget: requested in full, so the scheduler places the pod
+    where that memory is free, and limited to it, so an exporter that outgrows the plan it made from the same
+    budget is killed (and reported as OOMKilled, naming the budget) instead of starving its node's other pods."""
+    return {"requests": {"memory": budget}, "limits": {"memory": budget}}
+
+
 def cron_job(
     *,
     dataset_export: api.DatasetExport,
@@ -238,8 +245,13 @@ def cron_job(
     report_status: bool = False,
     image_pull_policy: str = "IfNotPresent",
     pod_labels: Mapping[str, str] | None = None,
+    memory_budget: str | None = None,
 ) -> dict[str, Any]:
     """The CronJob that runs ``group``'s datasets at their schedule's slots, suspended outside its window.
+
+    ``memory_budget`` (``api.memory_budget``: the DatasetExport's, else its Destination's, else the default) is
+    the one the exporter plans with, read from the flow's ConfigMap; as the pod's request and limit it holds the
+    exporter to that plan. ``None`` sets no resources.
 
     ``pod_labels`` (``spec.serviceAccount.podLabels``, e.g. Azure Workload Identity's) go on the pod template
     only, under the operator's own labels: the CRD refuses those keys, and should one get through anyway, the
@@ -265,6 +277,7 @@ def cron_job(
         labels=pod_template_labels,
         volumes=volumes,
         volume_mounts=volume_mounts,
+        resources=memory_resources(memory_budget) if memory_budget else None,
     )
     job_spec: dict[str, Any] = {
         "backoffLimit": BACKOFF_LIMIT,

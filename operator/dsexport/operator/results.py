@@ -4,12 +4,14 @@ Exporter pods write their RunResult into ``status.pendingResults`` (keyed by pod
 Job finishes, the operator folds the results of all its pods into the per-dataset totals, removes them, and adds
 the Job to ``status.recordedJobs``, all in one status write conditional on the resourceVersion it read: a crash
 or a conflict between reading and writing repeats the whole fold, it never counts a Job twice. A Job whose pods
-died before reporting (killed, out of memory, past its deadline) still counts, as a failure of its datasets.
+died before reporting (killed, out of memory, past its deadline) still counts, as a failure of its datasets;
+one killed for going past its memory limit says so, with the budget to raise.
 Pure functions of the status and the Job; the handlers do the I/O.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Collection, Mapping, Sequence
@@ -23,6 +25,8 @@ from dsexport.errors import StateError
 RECORDED_JOBS_KEPT: Final = 200
 """Far more than the Jobs the CronJobs' history keeps, so a finished Job is always found among them."""
 LAST_EXPORT_SUCCEEDED: Final = "LastExportSucceeded"
+OOM_KILLED: Final = "OOMKilled"
+"""The kubelet's reason for a container the kernel killed past its memory limit, and the condition's for it."""
 
 
 def now_text(now: dt.datetime) -> str:
@@ -31,7 +35,7 @@ def now_text(now: dt.datetime) -> str:
 
 @dataclass(frozen=True)
 class FinishedJob:
-    """What the operator needs of a finished Job (read from its status and its pod template's args)."""
+    """What the operator needs of a finished Job (read from its status and its pod template's args and memory limit)."""
 
     name: str
     succeeded: bool
@@ -39,6 +43,24 @@ class FinishedJob:
     start: str | None
     end: str | None
     message: str  # the Job's Failed condition (BackoffLimitExceeded, DeadlineExceeded) for people
+    memory_limit: str | None = None  # its pod template's: the memory budget it ran under
+    oom_killed: bool = False  # one of its pods was (its pods' statuses say it, not the Job's)
+
+    @property
+    def failure(self) -> str:
+        """Why a dataset of this Job has no result. An out-of-memory kill leaves only logs that stop mid-work, so
+        it is named, with the budget to raise, rather than left to be guessed from the Job's retries."""
+        if self.oom_killed:
+            if self.memory_limit:
+                return (
+                    f"the exporter was {OOM_KILLED}: it used more than its memory budget {self.memory_limit}; "
+                    "raise spec.memoryBudget (DatasetExport or Destination)"
+                )
+            return (
+                f"the exporter was {OOM_KILLED}: its pod had no memory limit and its node ran out of memory; "
+                "set spec.memoryBudget (DatasetExport or Destination)"
+            )
+        return self.message or "the export pod ended without reporting a result"
 
     @classmethod
     def of(cls, job: Mapping[str, Any]) -> FinishedJob | None:
@@ -49,7 +71,9 @@ class FinishedJob:
         failed = conditions.get("Failed") or conditions.get("FailureTarget")
         if done is None and failed is None:
             return None
-        args: list[str] = job["spec"]["template"]["spec"]["containers"][0].get("args") or []
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        args: list[str] = container.get("args") or []
+        limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
         datasets = tuple(args[i + 1] for i, a in enumerate(args[:-1]) if a == "--dataset")
         message = ""
         if failed is not None:
@@ -61,7 +85,46 @@ class FinishedJob:
             start=status.get("startTime"),
             end=status.get("completionTime") or (done or failed or {}).get("lastTransitionTime"),
             message=message,
+            memory_limit=str(limit) if limit else None,
         )
+
+
+@dataclass(frozen=True)
+class Termination:
+    """How one of a Job's pods ended, as its container's status says."""
+
+    message: str  # the termination message: the pod's result, or its last log lines; "" without one
+    oom_killed: bool  # by the kernel, past its memory limit: it could neither report nor log why
+
+    @classmethod
+    def of(cls, pod: Mapping[str, Any]) -> Termination | None:
+        """None while the pod runs, or when it ended with nothing to tell (no message, not killed). ``lastState``
+        counts too: a restarted container's previous end is only there."""
+        message = ""
+        oom_killed = False
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            ended = (status.get("state") or {}).get("terminated") or {}
+            before = (status.get("lastState") or {}).get("terminated") or {}
+            text = ended.get("message")
+            if isinstance(text, str) and text:
+                message = text
+            oom_killed = oom_killed or OOM_KILLED in (ended.get("reason"), before.get("reason"))
+        return cls(message, oom_killed) if message or oom_killed else None
+
+
+def with_terminations(job: FinishedJob, terminations: Mapping[str, Termination]) -> tuple[FinishedJob, dict[str, str]]:
+    """``job`` told why its pods failed, and the results they left as termination messages (pod name: result).
+
+    A pod that failed before writing a result left its last log lines instead, which say why; one killed out of
+    memory left logs that stop mid-work, so the kill itself is what ``job`` is told.
+    """
+    reports = {pod: t.message for pod, t in terminations.items() if t.message.lstrip().startswith("{")}
+    logs = [t.message for pod, t in sorted(terminations.items()) if t.message and pod not in reports]
+    if any(t.oom_killed for t in terminations.values()):
+        return dataclasses.replace(job, oom_killed=True), reports
+    if logs:
+        return dataclasses.replace(job, message=f"{job.message}; {logs[-1].strip()[-600:]}"), reports
+    return job, reports
 
 
 def results_of(status: DatasetExportStatus, job: str) -> tuple[list[str], list[RunResult]]:
@@ -111,6 +174,7 @@ def record_job(
             total[2] += one.files
     end = job.end or now_text(now)
     failed: list[str] = []
+    killed = False  # a dataset has no result because the exporter ran out of memory
     export_time: str | None = None
     for name in job.datasets or tuple(final):
         if in_spec is not None and name not in in_spec:
@@ -122,8 +186,9 @@ def record_job(
         if found is None:
             entry.failures += 1
             entry.last_outcome = Outcome.failed.value
-            entry.message = job.message or "the export pod ended without reporting a result"
+            entry.message = job.failure
             failed.append(name)
+            killed = killed or job.oom_killed
             continue
         r = found
         records, size, files = sums[name]
@@ -159,7 +224,7 @@ def record_job(
         status.conditions,
         type_=LAST_EXPORT_SUCCEEDED,
         ok=succeeded,
-        reason="ExportSucceeded" if succeeded else "ExportFailed",
+        reason="ExportSucceeded" if succeeded else (OOM_KILLED if killed else "ExportFailed"),
         message=status.last_export.message,
         now=now,
     )
