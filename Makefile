@@ -81,6 +81,7 @@ bench: $(VENV)/.stamp test-servers
 	$(PY) -m bench.fastpath $(BENCH_ARGS)
 	$(PY) -m bench.servercopy $(BENCH_ARGS)
 	$(PY) -m bench.listing $(BENCH_ARGS)
+	$(PY) -m bench.memory $(BENCH_ARGS)
 
 # Upload throughput per destination against each SDK's plain upload, on the real test servers.
 bench-upload: $(VENV)/.stamp test-servers

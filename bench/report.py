@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # bench.upload writes here too, without importing what bench.
 REPO = Path(__file__).resolve().parent.parent
 DOCS_NAME = "docs/benchmarks.md"
 DOCS = REPO / DOCS_NAME
-SECTIONS = ("run", "upload", "fastpath", "servercopy", "listing", "operator-history", "operator")
+SECTIONS = ("run", "upload", "fastpath", "servercopy", "listing", "memory", "operator-history", "operator")
 """In page order; all but the first between markers. ``operator-history`` is written by hand (repeated runs of
 bench.operator across changes); no benchmark rewrites it."""
 TITLE = "# Benchmarks"

@@ -22,6 +22,11 @@ Shape = Callable[[Path, int], int]
 
 def one_row_group(folder: Path, rows: int) -> int:
     """One Parquet file whose rows are all in a single row group, four flat columns."""
+    return one_row_group_file(folder, rows, row_group_rows=rows)
+
+
+def one_row_group_file(folder: Path, rows: int, *, row_group_rows: int) -> int:
+    """One Parquet file of four flat columns, in row groups of ``row_group_rows``."""
     rng = np.random.default_rng(1)
     table = pa.table(
         {
@@ -31,7 +36,7 @@ def one_row_group(folder: Path, rows: int) -> int:
             "at": np.arange(rows).astype("datetime64[ms]"),
         }
     )
-    _write_parquet(folder, table, row_group_size=rows)
+    _write_parquet(folder, table, row_group_size=row_group_rows)
     return rows
 
 

@@ -88,3 +88,20 @@ def test_a_value_larger_than_the_budget_allows_is_refused_by_name(tmp_path: Path
     assert "part.parquet" in message and "'blob'" in message and "300 MiB a value" in message, message
     assert "memory budget of 400 MiB" in message and "raise memoryBudget" in message, message
     assert not committed(dest)
+
+
+@pytest.mark.slow
+def test_a_line_longer_than_the_budget_allows_is_refused_by_name(tmp_path: Path) -> None:
+    src = tmp_path / "lake-long-lines-ndjson"
+    shapes.long_lines_ndjson(src, 2, line_bytes=80 << 20, every=1)
+    dest, cmd = _export(tmp_path, src, "parquet")
+
+    run = run_limited(cmd, limit=LIMIT)
+
+    assert not run.oom_killed
+    assert run.returncode == 1, run.stderr[-3000:]
+    [result] = json.loads(run.stdout)["results"]
+    assert result["outcome"] == "failed" and result["transient"] is False, result
+    message = result["message"]
+    assert "part.json: a line of 80 MiB" in message and "memory budget of 400 MiB" in message, message
+    assert not committed(dest)

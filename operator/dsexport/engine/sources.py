@@ -31,6 +31,7 @@ FRAGMENT_READAHEAD = 1
 # may hold a whole row group of millions of rows) at a time.
 READ_BUFFER = 1 << 20
 MIN_READ_BUFFER = 8 << 10
+DEFAULT_BLOCK = 1 << 20  # Arrow's own NDJSON and CSV block
 # Rows decoded to measure a Parquet row group's rows (see ``_row_bytes``).
 PROBE_ROWS = 256
 
@@ -190,15 +191,27 @@ class Source:
         except (FileNotFoundError, OSError) as e:
             raise SourceError(f"cannot list source {self.spec.uri}: {e}", transient=_transient(e)) from None
 
-    def _file_format(self, plan: Plan) -> pads.FileFormat:
-        """The format to read the files' schemas with. Arrow reads an NDJSON or CSV schema from a file's first
-        block, which must hold whole lines: blocks as large as the longest line the budget allows (only the
-        files' beginnings are read; ``_text_batches`` sizes the blocks the rows are read in)."""
+    def _file_format(self, paths: list[str], plan: Plan) -> pads.FileFormat:
+        """The files' format. Arrow reads NDJSON and CSV in blocks that must hold whole lines, the schema from a
+        file's first block: so each file's longest line is measured first (one pass over its bytes, a small cost
+        next to parsing them), a line longer than the budget allows is refused, naming the file and its size,
+        and the blocks are made large enough for the longest (``_text_batches`` reads rows in blocks of at least
+        the batch size)."""
         if self.format == api.SourceFormat.parquet:
             return pads.ParquetFileFormat()
+        longest = 0
+        for path in paths:
+            length = _longest_line(self.fs, path)
+            if length > plan.largest_row:
+                raise SourceError(
+                    f"source file {path}: a line of {length / MiB:,.0f} MiB is more than a memory budget of "
+                    f"{plan.budget // MiB} MiB can hold: raise memoryBudget, or write shorter lines",
+                )
+            longest = max(longest, length)
+        block = max(DEFAULT_BLOCK, 1 << longest.bit_length())
         if self.format == api.SourceFormat.json:
-            return pads.JsonFileFormat(read_options=pajson.ReadOptions(block_size=plan.largest_row))
-        return pads.CsvFileFormat(read_options=pacsv.ReadOptions(block_size=plan.largest_row))
+            return pads.JsonFileFormat(read_options=pajson.ReadOptions(block_size=block))
+        return pads.CsvFileFormat(read_options=pacsv.ReadOptions(block_size=block))
 
     def dataset(self, files: list[SourceFile], *, plan: Plan) -> pads.Dataset:
         """A dataset over exactly these files, so rows added while a run reads never leak into it.
@@ -212,15 +225,10 @@ class Source:
         paths = [f"{self.root}/{f.path}" for f in files if not (skip_empty and f.size == 0)]
         try:
             factory = pads.FileSystemDatasetFactory(
-                self.fs, paths, self._file_format(plan), pads.FileSystemFactoryOptions()
+                self.fs, paths, self._file_format(paths, plan), pads.FileSystemFactoryOptions()
             )
             return factory.finish(factory.inspect(promote_options="permissive"))
         except (pa.ArrowException, OSError) as e:
-            if "straddl" in str(e):  # a line longer than the block
-                e = ValueError(
-                    f"{e}: a line is longer than the {plan.largest_row // MiB} MiB a memory budget of "
-                    f"{plan.budget // MiB} MiB can hold; raise memoryBudget, or write shorter lines"
-                )
             raise SourceError(f"cannot read source {self.spec.uri}: {e}", transient=_transient(e)) from None
 
     @staticmethod
@@ -305,24 +313,18 @@ def _too_large(path: str, group: pq.RowGroupMetaData, row_bytes: float, plan: Pl
 
 
 def _text_batches(dataset: pads.Dataset, fragment: pads.Fragment, filter_: Any, plan: Plan) -> Iterator[pa.RecordBatch]:
-    """An NDJSON or CSV file's batches, read in blocks of about ``plan.batch_bytes`` of text. Arrow needs every
-    line inside one block, so the file's longest line is measured first (a pass over its bytes, a small cost
-    next to parsing them) and the block grown to hold it; a line longer than the budget allows is refused with
-    its size, never read."""
-    longest = _longest_line(dataset.filesystem, fragment.path)
-    if longest > plan.largest_row:
-        raise SourceError(
-            f"source file {fragment.path}: a line of {longest / MiB:,.0f} MiB is more than a memory budget of "
-            f"{plan.budget // MiB} MiB can hold: raise memoryBudget, or write shorter lines",
-        )
-    block = max(plan.batch_bytes, 1 << max(longest, 1).bit_length())
+    """An NDJSON or CSV file's batches, read in blocks of about ``plan.batch_bytes`` of text, or of the format's
+    block if larger (it holds the longest line: ``Source._file_format``)."""
+    held = fragment.format.default_fragment_scan_options.read_options.block_size
+    block = max(plan.batch_bytes, held)
+    options: pads.FragmentScanOptions
     if isinstance(fragment.format, pads.JsonFileFormat):
-        options: pads.FragmentScanOptions = pads.JsonFragmentScanOptions(
-            read_options=pajson.ReadOptions(block_size=block)
-        )
+        options = pads.JsonFragmentScanOptions(read_options=pajson.ReadOptions(block_size=block))
     else:
         options = pads.CsvFragmentScanOptions(read_options=pacsv.ReadOptions(block_size=block))
-    yield from _piece_batches(fragment, dataset.schema, filter_, BATCH_SIZE, options)
+    # Without threads: Arrow's threaded text readers parse blocks ahead of the consumer without a bound, which for
+    # blocks grown to hold long lines was the whole file (measured: a 60 MiB CSV of 3 MiB lines went past 400 MiB).
+    yield from _piece_batches(fragment, dataset.schema, filter_, BATCH_SIZE, options, threads=False)
 
 
 def _longest_line(filesystem: pafs.FileSystem, path: str) -> int:
@@ -364,6 +366,8 @@ def _piece_batches(
     filter_: Any,
     rows: int,
     options: pads.FragmentScanOptions | None = None,
+    *,
+    threads: bool = True,
 ) -> Iterator[pa.RecordBatch]:
     for batch in piece.to_batches(
         schema=schema,
@@ -372,7 +376,7 @@ def _piece_batches(
         fragment_scan_options=options,
         batch_readahead=BATCH_READAHEAD,
         fragment_readahead=FRAGMENT_READAHEAD,
-        use_threads=True,
+        use_threads=threads,
     ):
         if batch.num_rows:
             yield batch
