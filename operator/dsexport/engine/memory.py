@@ -19,15 +19,18 @@ from dsexport.errors import ConfigError
 
 MiB: Final = 1 << 20
 DEFAULT_BUDGET: Final = 400 * MiB
-# Below this, what is left after the interpreter and its libraries (about 110 MiB) is too little to plan with.
+# The interpreter and its libraries (pyarrow, polars, the stores' clients) once an export has started: measured
+# at 100-130 MiB. What is left of the budget is the working memory the data in flight is planned from.
+BASELINE: Final = 128 * MiB
+# Below this, what is left after the interpreter and its libraries is too little to plan with.
 MIN_BUDGET: Final = 256 * MiB
-# The planned pieces are fractions of the working memory (the budget less the process's size when it plans): the
+# The planned pieces are fractions of the working memory (the budget less ``BASELINE``): the
 # batches in flight (a decoded batch on each side of the read-ahead, the batches of the row group being
 # assembled), the encoders' inputs and outputs, and the upload's buffers all fit with room for Arrow's and the
 # allocator's slack, which the benchmark shapes measured at up to about a third of the peak.
-_BATCH_SHARE: Final = 32
-_ROW_GROUP_SHARE: Final = 24
-_SLICE_SHARE: Final = 32
+_BATCH_SHARE: Final = 16
+_ROW_GROUP_SHARE: Final = 12
+_SLICE_SHARE: Final = 64
 # A row is decoded, encoded and buffered on its way (and its text held whole, for NDJSON): a few times its size.
 _LARGEST_ROW_SHARE: Final = 6
 
@@ -37,23 +40,25 @@ class Plan:
     """Sizes in bytes for the data the engine holds at once."""
 
     budget: int
+    working: int  # the budget less the interpreter's and libraries' share (``BASELINE``)
     batch_bytes: int  # a decoded record batch
     row_group_bytes: int  # the decoded rows of one Parquet row group the writer assembles
     slice_bytes: int  # the decoded rows of one NDJSON slice an encoder serializes
     largest_row: int  # a row (a line of text) larger than this cannot be held a few times over: refused
 
     @classmethod
-    def of(cls, budget: int, *, resident: int | None = None) -> Plan:
-        """The plan for ``budget``, given the process's current size (``resident``; measured if None)."""
+    def of(cls, budget: int) -> Plan:
+        """The plan for ``budget``: a function of the budget alone, not of the process's size at the moment, so
+        that the same budget always cuts the same batches and row groups (the same bytes), whoever calls."""
         if budget < MIN_BUDGET:
             raise ConfigError(
                 f"memoryBudget {budget // MiB} MiB is too small: the exporter needs at least {MIN_BUDGET // MiB} MiB"
             )
-        used = resident_bytes() if resident is None else resident
-        working = max(budget - (used or 0), MIN_BUDGET // 2)
+        working = budget - BASELINE
         return cls(
             budget=budget,
-            batch_bytes=_clamp(working // _BATCH_SHARE, 1 * MiB, 16 * MiB),
+            working=working,
+            batch_bytes=_clamp(working // _BATCH_SHARE, 1 * MiB, 32 * MiB),
             row_group_bytes=_clamp(working // _ROW_GROUP_SHARE, 4 * MiB, 64 * MiB),
             slice_bytes=_clamp(working // _SLICE_SHARE, 1 * MiB, 16 * MiB),
             largest_row=working // _LARGEST_ROW_SHARE,

@@ -512,7 +512,7 @@ class _Parts(Generic[E]):
         self.max_bytes = target.fmt.effective_max_bytes
         self.done: list[PartFile] = []
         self.part: _Part[E] | None = None
-        self._memory = _MemoryGuard(ceiling=target.plan.budget * 85 // 100)
+        self._memory = _MemoryGuard(growth=min(RSS_GROWTH_BUDGET, target.plan.working * 3 // 4))
 
     def add(self, encoded: _Encoded[E]) -> None:
         """Append ``encoded`` to the open part (opening one if needed), cutting it where the record limit falls;
@@ -558,8 +558,8 @@ class _Parts(Generic[E]):
 
 
 class _MemoryGuard:
-    """Has Arrow's memory pool give freed memory back once the process has grown by ``RSS_GROWTH_BUDGET`` since
-    the writer started, or past ``ceiling`` (most of the memory budget), checked after each row group.
+    """Has Arrow's memory pool give freed memory back once the process has grown by ``growth`` since the writer
+    started (``RSS_GROWTH_BUDGET``, or less for a small memory budget), checked after each row group.
 
     Decoded batches are allocated on pyarrow's threads and freed on others, and mimalloc, Arrow's default pool,
     keeps freed memory committed for a while, so what it holds follows how fast memory churns, not what is live.
@@ -569,15 +569,15 @@ class _MemoryGuard:
     (For NDJSON, whose memory is mostly polars' and Python's, giving Arrow's back did not pay: it is not guarded.)
     """
 
-    def __init__(self, *, ceiling: int) -> None:
+    def __init__(self, *, growth: int) -> None:
         self.start = memory.resident_bytes()
-        self.ceiling = ceiling
+        self.growth = growth
 
     def check(self) -> None:
         if self.start is None:
             return
         now = memory.resident_bytes()
-        if now is not None and (now - self.start > RSS_GROWTH_BUDGET or now > self.ceiling):
+        if now is not None and now - self.start > self.growth:
             pa.default_memory_pool().release_unused()  # about a millisecond
 
 
