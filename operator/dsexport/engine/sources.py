@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
@@ -360,12 +359,12 @@ def _longest_line(filesystem: pafs.FileSystem, path: str) -> int:
     longest = current = 0
     with filesystem.open_input_stream(path) as stream:
         while chunk := stream.read(READ_BUFFER):
-            ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == ord("\n"))
-            if not len(ends):
+            lines = bytes(chunk).split(b"\n")  # split and len run in C: a pass at memory speed
+            if len(lines) == 1:
                 current += len(chunk)
                 continue
-            longest = max(longest, current + int(ends[0]), int(np.diff(ends).max(initial=0)))
-            current = len(chunk) - int(ends[-1]) - 1
+            longest = max(longest, current + len(lines[0]), max(map(len, lines[1:-1]), default=0))
+            current = len(lines[-1])
     return max(longest, current)
 
 
