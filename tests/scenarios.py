@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import signal
@@ -12,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from examples import sample
 
@@ -92,3 +94,99 @@ def sigkill_rounds(
     assert kills >= rounds // 2, f"only {kills} kills: the test did not exercise crashes"
     assert Counter(read_committed_ids(dest, folder=folder)) == Counter(source_ids(src))
     assert_only_committed_files(dest, folder=folder)
+
+
+# Kill points inside the commit protocol, in the order one history of runs meets them, each with what the next run
+# does: retry the same slot (a Job's retry) or move on to a later one (the next schedule, leaving the killed
+# attempt's files behind a folder nobody retries). See ``tests.killpoints`` for the grammar.
+PROTOCOL_KILLS: tuple[tuple[str, str], ...] = (
+    ("before:write", "retry"),  # recovered and selected, nothing written
+    ("during:write", "move"),  # a part's bytes written, the file not completed (temporary file, open upload)
+    ("after:write#1", "retry"),  # one part completed
+    ("after:write#2", "move"),  # two parts completed
+    ("before:claim", "retry"),  # every part written, nothing committed
+    ("after:claim", "move"),  # committed (the claim), the manifest not yet published
+    ("after:manifest", "retry"),  # the next run publishing that claim: manifest, no _SUCCESS yet
+    ("during:delete", "retry"),  # removing the leftovers the commit made garbage, half of them gone
+    ("after:write#1", "retry"),  # a part of this slot's attempt, garbage once the next attempt commits
+    ("after:success", "move"),  # committed and published; its folder's garbage not yet removed
+    ("during:delete", "move"),  # the next run removing that garbage, half of it gone
+    ("after:claim", "retry"),  # committed; the retry publishes it and finds its slot committed
+    ("after:success", "retry"),  # a commit of this slot, its cleaning to do
+)
+
+
+def protocol_kill_rounds(
+    *,
+    flow: Path,
+    src: Path,
+    dest: Path | Transport,
+    at: dt.datetime,
+    next_id: int,
+    trace: Path,
+    env: Mapping[str, str] | None = None,
+    folder: str = "out",
+    rows_per_file: int = 3_000,
+    kills: tuple[tuple[str, str], ...] = PROTOCOL_KILLS,
+) -> list[dict[str, Any]]:
+    """Run the history ``kills``: before each run append two files (new rows for either strategy), SIGKILL
+    the run at its point, assert it landed there and that no row is committed twice, then retry or move on. Two
+    clean runs end it; then every source row must be committed exactly once, and nothing else may remain.
+
+    Returns the landings (``tests.killpoints``' trace records), for the caller's own checks.
+    """
+    landings = []
+    for i, (point, then) in enumerate(kills):
+        next_id = sample.write_files(
+            src,
+            files=2,
+            rows_per_file=rows_per_file,
+            seed=300 + i,
+            start=START + dt.timedelta(days=i + 1),  # later cursors for the column strategy
+            id_offset=next_id,
+        )
+        landing = killed_run(flow, at, env, trace=trace, kill=point)
+        assert landing["landed"] == _numbered(point), f"kill {i} ({point}) landed elsewhere: {landing}"
+        landings.append(landing)
+        ids = read_committed_ids(dest, folder=folder)
+        assert not [n for n in Counter(ids).values() if n > 1], f"a row was committed twice after kill {i} ({point})"
+        if then == "move":
+            at += dt.timedelta(hours=3)
+    for _ in range(2):  # the retry that succeeds, then a later slot that cleans what that commit made garbage
+        at += dt.timedelta(hours=3)
+        run_to_end(flow, at, env)
+    assert Counter(read_committed_ids(dest, folder=folder)) == Counter(source_ids(src))
+    assert_only_committed_files(dest, folder=folder)
+    return landings
+
+
+def killed_run(
+    flow: Path,
+    at: dt.datetime,
+    env: Mapping[str, str] | None = None,
+    *,
+    trace: Path,
+    kill: str | None = None,
+    after_io: float | None = None,
+    timeout: float = 180,
+) -> dict[str, Any]:
+    """``dsexport run`` under ``tests.killpoints``, killed at ``kill`` or ``after_io`` seconds into its destination
+    I/O; the trace record it left (``landed`` None: it ended first, with exit code 0)."""
+    trace.unlink(missing_ok=True)
+    how = ["--kill", kill] if kill else ["--kill-after-io", f"{after_io}"]
+    cmd = [sys.executable, "-m", "tests.killpoints", "--trace", str(trace), *how, "--"]
+    cmd += ["run", "-f", str(flow), "--at", at.isoformat(), "-o", "json"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}) as p:
+        _, err = p.communicate(timeout=timeout)
+    records = [json.loads(line) for line in trace.read_text().splitlines()] if trace.exists() else []
+    assert records, f"no trace: exit code {p.returncode}, {err.decode()[-2000:]}"
+    landing: dict[str, Any] = records[0]
+    if landing["landed"] is None:
+        assert p.returncode == 0, err.decode()[-3000:]
+    else:
+        assert p.returncode == -signal.SIGKILL, (p.returncode, err.decode()[-2000:])
+    return landing
+
+
+def _numbered(point: str) -> str:
+    return point if "#" in point else point + "#1"

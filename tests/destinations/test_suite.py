@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from examples import sample
 from tests.destinations.contract import count_retries
 from tests.helpers import START, assert_only_committed_files, committed, flow_yaml, read_committed_ids, source_ids
-from tests.scenarios import run_to_end, sigkill_rounds, start_run, time_one_run
+from tests.scenarios import PROTOCOL_KILLS, protocol_kill_rounds, run_to_end, sigkill_rounds, start_run, time_one_run
 from tests.servers import SECRET_NAME, Target, wait_until
 
 from dsexport.cli import main
@@ -172,6 +172,49 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     )
     if copy:
         assert "copy" in {f["via"] for m in committed(target.transport(), folder=folder) for f in m["files"]}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "strategy", "path"),
+    [
+        ("parquet", "files", "encode"),
+        ("parquet", "column", "encode"),
+        ("json", "files", "encode"),
+        ("json", "column", "encode"),
+        ("parquet", "files", "copy"),
+    ],
+    ids=["parquet-files", "parquet-column", "json-files", "json-column", "parquet-copy"],
+)
+def test_sigkill_at_each_step_of_the_commit_protocol_loses_and_duplicates_nothing(
+    tmp_path: Path, target: Target, folder: str, fmt: str, strategy: str, path: str
+) -> None:
+    """Kills placed by ``tests.killpoints`` at every step of the protocol (``scenarios.PROTOCOL_KILLS``): before,
+    inside and after parts, between claim, manifest and marker, before and during the removal of garbage, each
+    followed by a retry of the slot or a run of a later one. ``copy``: files the byte copy takes."""
+    src = tmp_path / "lake"
+    copy = path == "copy"
+    rows = 20_000 if copy else 3_000
+    next_id = sample.write_files(src, files=3, rows_per_file=rows, seed=1, start=START)
+    column = "ingested_at" if strategy == "column" else None
+    max_records = None if copy else 2_000
+    flow = _flow(tmp_path, target, folder, src, fmt=fmt, strategy=strategy, column=column, max_records=max_records)
+    kills = PROTOCOL_KILLS
+    if copy and target.type == "filesystem":  # the kernel copies a whole file (sendfile): before or after
+        kills = tuple(("before:write#2", then) if point == "during:write" else (point, then) for point, then in kills)
+    protocol_kill_rounds(
+        flow=flow,
+        src=src,
+        dest=target.transport(),
+        at=AT,
+        next_id=next_id,
+        trace=tmp_path / "trace",
+        env=target.env,
+        folder=folder,
+        rows_per_file=rows,
+        kills=kills,
+    )
+    if copy:
+        assert {f["via"] for m in committed(target.transport(), folder=folder) for f in m["files"]} == {"copy"}
 
 
 def test_byte_copy_exports_source_files_as_they_are(tmp_path: Path, target: Target, folder: str) -> None:
