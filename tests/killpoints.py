@@ -10,11 +10,13 @@ destination operation by what it does to the commit protocol (``write`` a part, 
 - ``--kill WHEN:KIND[#N]``: at the N-th operation of that kind (default 1), ``before`` it starts, ``after`` it
   returned, or ``during`` it: a part with every byte written but not yet completed (a temporary file not renamed,
   an upload not finished), or a deletion with half its files gone;
-- ``--kill-after-io S``: S seconds after the first destination operation began, wherever the run then is.
+- ``--kill-after-io S``: S seconds after the first destination operation began (``--clock write``: after the first
+  part began), wherever the run then is.
 
 Before dying it appends a JSON line to the trace file (``landed``: the point, ``phase``: recover, write, commit or
 clean, ``ops``: every operation so far), so a test asserts where its kills landed instead of hoping. A run that
-ends without reaching its kill point appends ``{"landed": null}``. The kill is SIGKILL: no ``finally``, no
+ends without reaching its kill point appends ``{"landed": null}`` with how long its I/O took (``io_seconds``,
+``write_seconds``: the windows random kills are drawn from). The kill is SIGKILL: no ``finally``, no
 ``atexit``, exactly what a node failure or an OOM kill leaves behind.
 """
 
@@ -80,7 +82,7 @@ def kind_of(key: str, *, put: bool) -> str:
 class Killer:
     """Counts the run's destination operations (all its transports, all threads) and kills at the chosen one."""
 
-    def __init__(self, *, trace: Path, point: KillPoint | None, after_io: float | None) -> None:
+    def __init__(self, *, trace: Path, point: KillPoint | None, after_io: float | None, clock: str = "io") -> None:
         self.trace = trace
         self.point = point
         self.after_io = after_io
@@ -88,14 +90,20 @@ class Killer:
         self.counts: dict[str, int] = {}
         self.phase = PHASES[0]
         self.lock = threading.RLock()
+        self.clock = clock
         self.io_began: float | None = None  # time.monotonic() of the first operation
+        self.writes_began: float | None = None  # and of the first part written
 
     def start(self, kind: str, key: str) -> int:
         """Record an operation about to start; returns its number among its kind (1-based)."""
         with self.lock:
+            now = time.monotonic()
             if self.io_began is None:
-                self.io_began = time.monotonic()
-            if len(self.ops) == 0 and self.after_io is not None:
+                self.io_began = now
+            if self.writes_began is None and kind == "write":
+                self.writes_began = now
+            clock = self.io_began if self.clock == "io" else self.writes_began
+            if clock == now and self.after_io is not None:
                 timer = threading.Timer(self.after_io, self.kill, kwargs={"landed": f"random:{self.after_io:.4f}"})
                 timer.daemon = True
                 timer.start()
@@ -122,8 +130,12 @@ class Killer:
         """The run ended before its kill point: say so, and how long its destination I/O took (the window that
         ``--kill-after-io`` draws from)."""
         with self.lock:
-            io = time.monotonic() - self.io_began if self.io_began is not None else 0.0
-            self._append({"landed": None, "phase": self.phase, "ops": self.ops, "io_seconds": io})
+            now = time.monotonic()
+            seconds = {
+                f"{name}_seconds": now - began if began is not None else 0.0
+                for name, began in (("io", self.io_began), ("write", self.writes_began))
+            }
+            self._append({"landed": None, "phase": self.phase, "ops": self.ops, **seconds})
 
     def _append(self, record: dict[str, object]) -> None:
         with self.trace.open("a") as f:
@@ -218,10 +230,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--trace", type=Path, required=True)
     parser.add_argument("--kill", type=KillPoint.parse)
     parser.add_argument("--kill-after-io", type=float)
+    parser.add_argument("--clock", choices=("io", "write"), default="io")
     parser.add_argument("cli", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     cli = args.cli[1:] if args.cli[:1] == ["--"] else args.cli
-    killer = Killer(trace=args.trace, point=args.kill, after_io=args.kill_after_io)
+    killer = Killer(trace=args.trace, point=args.kill, after_io=args.kill_after_io, clock=args.clock)
 
     def open_killing(destination: api.Destination, credentials: Mapping[str, str]) -> Transport:
         return Killing(open_transport(destination, credentials), killer)

@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,28 +45,49 @@ def time_one_run(flow: Path, at: dt.datetime, env: Mapping[str, str] | None = No
     return time.monotonic() - started
 
 
+def io_seconds(flow: Path, at: dt.datetime, env: Mapping[str, str] | None = None, *, trace: Path) -> Windows:
+    """How long one whole run's destination I/O takes, from its first operation (and from its first part) to its
+    end: the windows random kills are drawn from. Start-up before them is not worth killing in: nothing has been
+    read or written yet."""
+    landing = killed_run(flow, at, env, trace=trace, after_io=3600.0)
+    assert landing["landed"] is None, landing
+    return Windows(io=landing["io_seconds"], write=landing["write_seconds"])
+
+
+@dataclass(frozen=True)
+class Windows:
+    io: float
+    write: float
+
+
 def sigkill_rounds(
     *,
     flow: Path,
     src: Path,
     dest: Path | Transport,
     at: dt.datetime,
-    window: float,
+    window: Windows,
     rng: random.Random,
     rounds: int,
     next_id: int,
+    trace: Path,
     env: Mapping[str, str] | None = None,
     folder: str = "out",
     rows_per_file: tuple[int, int] = (1_000, 15_000),
 ) -> None:
-    """Append data, run, SIGKILL at a random moment within ``window``, retry, ..., then check every row.
+    """Append data, run, SIGKILL at a random moment of its destination I/O, retry or move on, ..., then check.
 
-    Each round may append files (``rows_per_file``: the fewest and most rows of one), then runs the slot one to
-    three times with a kill at a uniformly random moment, then lets a run finish (the retry that succeeds). After
-    every attempt no row may be committed twice; at the end the committed rows must be exactly the source rows,
-    and no uncommitted file may remain.
+    Each round may append files (``rows_per_file``: the fewest and most rows of one), then runs one to three
+    attempts, each killed ``uniform(0, 0.9 * window)`` seconds after its first destination operation, or half the
+    time after its first part began (``window``: ``io_seconds`` of a whole run, then of the run that ended the
+    round before); after a kill the next attempt retries the slot, or half the time runs the next
+    one, leaving the killed attempt's folder to be cleaned by others. Then a run finishes. After every attempt no
+    row may be committed twice; at the end the committed rows must be exactly the source rows, and no uncommitted
+    file may remain. At least one kill must have landed after a part began (the kills at each named step are
+    ``protocol_kill_rounds``).
     """
     kills = 0
+    phases: Counter[str] = Counter()
     for round_ in range(rounds):
         if rng.random() < 0.6:
             next_id = sample.write_files(
@@ -77,21 +99,23 @@ def sigkill_rounds(
                 id_offset=next_id,
             )
         for _attempt in range(rng.randint(1, 3)):
-            with start_run(flow, at, env) as proc:
-                try:
-                    proc.wait(timeout=rng.uniform(0.05, window * 1.1))
-                except subprocess.TimeoutExpired:
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    kills += 1
-                else:
-                    assert proc.returncode == 0, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            clock = rng.choice(["io", "write"])
+            within = window.io if clock == "io" else window.write
+            landing = killed_run(flow, at, env, trace=trace, after_io=rng.uniform(0, within * 0.9), clock=clock)
+            if landing["landed"] is not None:
+                kills += 1
+                phases[landing["phase"]] += 1
+                if rng.random() < 0.5:
+                    at += dt.timedelta(hours=3)
             ids = read_committed_ids(dest, folder=folder)
             assert not [i for i, n in Counter(ids).items() if n > 1], "a row was committed twice"
-        run_to_end(flow, at, env)
+        window = io_seconds(flow, at, env, trace=trace)  # the run that finishes: the next round's window
         at += dt.timedelta(hours=3)
 
+    print(f"{kills} kills, by phase: {dict(phases)}")
     assert kills >= rounds // 2, f"only {kills} kills: the test did not exercise crashes"
+    assert phases["write"] + phases["commit"] + phases["clean"], f"no kill landed after a part began: {dict(phases)}"
+    run_to_end(flow, at, env)  # a later slot: cleans what the last commit made garbage
     assert Counter(read_committed_ids(dest, folder=folder)) == Counter(source_ids(src))
     assert_only_committed_files(dest, folder=folder)
 
@@ -168,12 +192,13 @@ def killed_run(
     trace: Path,
     kill: str | None = None,
     after_io: float | None = None,
+    clock: str = "io",
     timeout: float = 180,
 ) -> dict[str, Any]:
     """``dsexport run`` under ``tests.killpoints``, killed at ``kill`` or ``after_io`` seconds into its destination
     I/O; the trace record it left (``landed`` None: it ended first, with exit code 0)."""
     trace.unlink(missing_ok=True)
-    how = ["--kill", kill] if kill else ["--kill-after-io", f"{after_io}"]
+    how = ["--kill", kill] if kill else ["--kill-after-io", f"{after_io}", "--clock", clock]
     cmd = [sys.executable, "-m", "tests.killpoints", "--trace", str(trace), *how, "--"]
     cmd += ["run", "-f", str(flow), "--at", at.isoformat(), "-o", "json"]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}) as p:

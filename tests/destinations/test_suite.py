@@ -24,7 +24,15 @@ from click.testing import CliRunner
 from examples import sample
 from tests.destinations.contract import count_retries
 from tests.helpers import START, assert_only_committed_files, committed, flow_yaml, read_committed_ids, source_ids
-from tests.scenarios import PROTOCOL_KILLS, protocol_kill_rounds, run_to_end, sigkill_rounds, start_run, time_one_run
+from tests.scenarios import (
+    PROTOCOL_KILLS,
+    io_seconds,
+    protocol_kill_rounds,
+    run_to_end,
+    sigkill_rounds,
+    start_run,
+    time_one_run,
+)
 from tests.servers import SECRET_NAME, Target, wait_until
 
 from dsexport.cli import main
@@ -156,7 +164,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     next_id = sample.write_files(src, files=3, rows_per_file=first_rows, seed=1, start=START)
     flow = _flow(tmp_path, target, folder, src, max_records=max_records)
     (tmp_path / "cal").mkdir()
-    window = time_one_run(_flow(tmp_path / "cal", target, f"{folder}-cal", src), AT, target.env)
+    cal = _flow(tmp_path / "cal", target, f"{folder}-cal", src, max_records=max_records)
+    window = io_seconds(cal, AT, target.env, trace=tmp_path / "cal-trace")
     sigkill_rounds(
         flow=flow,
         src=src,
@@ -166,6 +175,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         rng=rng,
         rounds=6,
         next_id=next_id,
+        trace=tmp_path / "trace",
         env=target.env,
         folder=folder,
         rows_per_file=rows,

@@ -1,8 +1,10 @@
 """Exactly-once under SIGKILL: kill the exporter process at random moments, rerun, count every row.
 
-The kill times are spread over the whole run (start-up, listing, writing parts, committing), and each killed
-run is retried for the same slot, as a Job's retry would. After a final clean run, every source row must be in
-exactly one committed export, and no uncommitted files may remain.
+The kill times are drawn from the run's destination I/O (``tests.killpoints`` starts the clock at its first
+operation: recovering state, writing parts, committing, cleaning), not from the interpreter's start-up, where a kill
+proves nothing. After a kill the next attempt retries the slot, as a Job's retry would, or runs a later one, as the
+next schedule would. After a final clean run, every source row must be in exactly one committed export, and no
+uncommitted files may remain. Kills at each named step of the protocol are in ``test_suite`` (every destination).
 
 The byte copy (``dsexport.engine.bytecopy``) takes source files above 1 MiB whose codec and schema match: the
 ``parquet-copy`` case has such files, and smaller ones that are re-encoded in the same runs. Copying is quick next
@@ -23,7 +25,7 @@ from pathlib import Path
 import pytest
 from examples import sample
 from tests.helpers import START, assert_only_committed_files, committed, flow_yaml, read_committed_ids, source_ids
-from tests.scenarios import run_to_end, sigkill_rounds, start_run, time_one_run
+from tests.scenarios import io_seconds, run_to_end, sigkill_rounds, start_run
 
 SEED = int(os.environ.get("DSEXPORT_CRASH_SEED", "20261129"))
 ROUNDS = int(os.environ.get("DSEXPORT_CRASH_ROUNDS", "12"))
@@ -55,7 +57,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     # Calibrate the kill window on a throwaway destination so kills land anywhere in a real run.
     (tmp_path / "cal").mkdir()
     cal = flow_yaml(tmp_path / "cal", source=src, dest=tmp_path / "cal-dest", fmt=fmt, max_records=max_records)
-    window = time_one_run(cal, at)
+    window = io_seconds(cal, at, trace=tmp_path / "cal-trace")
 
     sigkill_rounds(
         flow=flow,
@@ -66,6 +68,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         rng=rng,
         rounds=ROUNDS,
         next_id=next_id,
+        trace=tmp_path / "trace",
         rows_per_file=rows,
     )
     if max_records is None:
