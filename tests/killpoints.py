@@ -93,6 +93,7 @@ class Killer:
         self.clock = clock
         self.io_began: float | None = None  # time.monotonic() of the first operation
         self.writes_began: float | None = None  # and of the first part written
+        self.done = False  # the run ended: no kill any more
 
     def start(self, kind: str, key: str) -> int:
         """Record an operation about to start; returns its number among its kind (1-based)."""
@@ -123,6 +124,8 @@ class Killer:
 
     def kill(self, *, landed: str) -> None:
         with self.lock:
+            if self.done:  # the timer fired after the run ended: it ended first
+                return
             self._append({"landed": landed, "phase": self.phase, "last": self.ops[-1:], "ops": self.ops})
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -130,6 +133,7 @@ class Killer:
         """The run ended before its kill point: say so, and how long its destination I/O took (the window that
         ``--kill-after-io`` draws from)."""
         with self.lock:
+            self.done = True
             now = time.monotonic()
             seconds = {
                 f"{name}_seconds": now - began if began is not None else 0.0
