@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from dsexport import api
-from dsexport.destinations import AlreadyExistsError, DestinationError, retry
+from dsexport.destinations import AlreadyExistsError, DestinationError, filesystem, retry
 from dsexport.destinations.base import folder_prefix, scrub
 from dsexport.destinations.buffer import PartBuffer
 from dsexport.destinations.filesystem import FilesystemTransport
@@ -266,3 +266,37 @@ def test_the_callers_own_os_error_passes_through_open_write(tmp_path: Path) -> N
 def _write(transport: FilesystemTransport, key: str, data: bytes) -> None:
     with transport.open_write(key) as out:
         out.write(data)
+
+
+def test_a_local_folder_makes_written_parts_durable_before_the_next_put(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts are renamed into place without a folder fsync each; the next put (the commit's claim) first makes
+    every folder written or made since durable (the new slot folder's entry in its parent too), then itself."""
+    transport = FilesystemTransport(tmp_path, name=NAME)
+    events: list[str] = []
+    fsync_dir = filesystem._fsync_dir
+    link = os.link
+
+    def spy_fsync_dir(path: Path) -> None:
+        events.append(f"fsync {path.relative_to(tmp_path)}")
+        fsync_dir(path)
+
+    def spy_link(src: str | Path, dst: str | Path) -> None:
+        events.append(f"link {Path(dst).relative_to(tmp_path)}")
+        link(src, dst)
+
+    monkeypatch.setattr(filesystem, "_fsync_dir", spy_fsync_dir)
+    monkeypatch.setattr(os, "link", spy_link)
+    _write(transport, "out/events/exportTime=1/part-0", b"0")
+    (tmp_path / "source").write_bytes(b"1")
+    with (tmp_path / "source").open("rb") as source:
+        assert transport.copy_local_file(source, "out/events/exportTime=1/part-1") == 1
+    assert events == []
+    transport.put("out/events/_first.json", b"{}", create_only=True)
+    synced = {"fsync out/events/exportTime=1", "fsync out/events", "fsync out", "fsync ."}
+    assert set(events[:-2]) == synced and len(events) == len(synced) + 2
+    assert events[-2:] == ["link out/events/_first.json", "fsync out/events"]
+    events.clear()
+    transport.put("out/events/exportTime=1/_SUCCESS", b"")  # nothing new before it: only its own folder
+    assert events == ["fsync out/events/exportTime=1"]

@@ -76,11 +76,14 @@ class Transport(ABC):
 
     @abstractmethod
     def open_write(self, key: str) -> AbstractContextManager[Writable]:
-        """A file that appears under ``key`` only if the block exits without error (never half-written)."""
+        """A file that appears under ``key`` only if the block exits without error (never half-written), and is
+        durable (survives a power cut) by the time a later ``put`` returns: the commit's claim is a put, so the
+        parts it lists are durable before it is, and a store may batch what making them durable costs."""
 
     @abstractmethod
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
-        """Write a small object atomically; with ``create_only`` raise AlreadyExistsError if it exists."""
+        """Write a small object atomically and durably; with ``create_only`` raise AlreadyExistsError if it
+        exists."""
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -58,6 +59,10 @@ class FilesystemTransport(Transport):
     def __init__(self, root: str | Path, *, name: str = "") -> None:
         self.root = Path(root)
         self.name = name or self.describe()
+        # Folders with entries (a part renamed into place, a folder made) not yet durable: the next put makes them
+        # so first, one fsync per folder instead of one per part (Transport.open_write).
+        self._unsynced: set[Path] = set()
+        self._lock = threading.Lock()
 
     def describe(self) -> str:
         return f"filesystem:{self.root}"
@@ -90,13 +95,39 @@ class FilesystemTransport(Transport):
         temp = path.with_name(f".{path.name}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
         races = 0
         while True:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_folder(path.parent)
             try:
                 return temp, temp.open("wb")
             except FileNotFoundError:
                 races += 1
                 if races == _FOLDER_RACES:
                     raise
+
+    def _make_folder(self, folder: Path) -> None:
+        """``folder`` and its missing parents; their entries in the folders above are made durable later."""
+        missing = []
+        while not folder.is_dir() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        if missing:
+            missing[0].mkdir(parents=True, exist_ok=True)
+            self._changed(*(f.parent for f in missing))
+
+    def _changed(self, *folders: Path) -> None:
+        with self._lock:
+            self._unsynced.update(folders)
+
+    def _sync_folders(self) -> None:
+        """Make every entry written so far durable (see ``_unsynced``)."""
+        with self._lock:
+            folders, self._unsynced = self._unsynced, set()
+        try:
+            for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):  # deepest first
+                if folder.is_dir():  # pruned since: its entries went with it
+                    _fsync_dir(folder)
+        except OSError:
+            self._changed(*folders)
+            raise
 
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[Writable]:
@@ -111,7 +142,7 @@ class FilesystemTransport(Transport):
                     os.fsync(f.fileno())
             with self._errors():
                 temp.replace(final)
-                _fsync_dir(final.parent)
+            self._changed(final.parent)
         finally:
             with self._errors():
                 temp.unlink(missing_ok=True)
@@ -129,7 +160,7 @@ class FilesystemTransport(Transport):
                     f.flush()
                     os.fsync(f.fileno())
                 temp.replace(final)
-                _fsync_dir(final.parent)
+            self._changed(final.parent)
             return copied
         finally:
             with self._errors():
@@ -142,6 +173,7 @@ class FilesystemTransport(Transport):
         try:
             with self._errors():
                 with f:
+                    self._sync_folders()  # what was written before is durable before this is
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
