@@ -31,6 +31,7 @@ from dsexport import api
 from dsexport.cli import local
 from dsexport.destinations import ServerCopy, StoredObject, Transport, open_transport
 from dsexport.destinations.base import Writable
+from dsexport.engine import bytecopy
 from tests.helpers import run_local
 
 DEADLINE = 120.0  # seconds for one forked run; a run here takes milliseconds
@@ -132,7 +133,8 @@ class Killer:
     starts that pool, so each child starts its own; the pools of Arrow and jemalloc are fork-safe.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, min_copy_bytes: int | None = None) -> None:
+        self.min_copy_bytes = min_copy_bytes  # as the test set it in its own process, for the byte copy
         root = Path(__file__).resolve().parents[1]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.prop_kill"], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -159,6 +161,7 @@ class Killer:
             "resets": list(resets),
             "reset_token": reset_token,
             "export_time": export_time,
+            "min_copy_bytes": self.min_copy_bytes,
         }
         self.proc.stdin.write(json.dumps(request).encode() + b"\n")
         self.proc.stdin.flush()
@@ -198,6 +201,8 @@ def _fork_one(request: dict[str, Any]) -> dict[str, Any]:
                 return KillingTransport(open_transport(destination, credentials), request["kill_at"])
 
             vars(local)["open_transport"] = killing  # what local.run opens its destination with
+            if request["min_copy_bytes"] is not None:
+                bytecopy.MIN_COPY_BYTES = request["min_copy_bytes"]
             [result] = run_local(
                 Path(request["flow"]),
                 dt.datetime.fromisoformat(request["at"]),
