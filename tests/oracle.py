@@ -68,6 +68,10 @@ class Commit:
     reset_token: str | None
     mode: str
     previous: str | None  # the commit it continues (for cleaning: folders between the two are garbage)
+    # The manifest's ``state`` and ``sourceFiles`` (design.md, The manifest): the watermark the next run continues
+    # from, "stored exactly (timestamps as integers in their unit)", and for strategy files the files exported.
+    state: Chain = Chain()
+    source_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ class Oracle:
                 return Prediction(Expect.no_new_data)
             # "(A run whose new files hold zero rows does commit: the watermark moves past those files.)"
             ids = [r.id for f in chosen for r in f.rows]
+            paths = tuple(sorted(f.path for f in chosen))
             newest = max(f.mtime_ns for f in chosen)
             after = Chain(
                 max_modified_ns=max(newest, chain.max_modified_ns or newest),
@@ -149,6 +154,7 @@ class Oracle:
             if not backfill and not chosen_rows:
                 return Prediction(Expect.no_new_data)
             ids = [r.id for r in chosen_rows]
+            paths = ()
             top = max((r.cursor for r in chosen_rows if r.cursor is not None), default=None)
             after = Chain(max_cursor=top if top is not None else bound)
         commit = Commit(
@@ -159,6 +165,8 @@ class Oracle:
             reset_token=token if fresh else (latest.reset_token if latest else None),
             mode=self.mode,
             previous=latest.export_time if latest else None,
+            state=after,
+            source_files=paths,
         )
         return Prediction(Expect.exported, commit, after)
 

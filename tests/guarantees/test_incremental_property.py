@@ -401,6 +401,12 @@ class Exports(RuleBasedStateMachine):
             assert manifest.get("resetToken") == commit.reset_token, commit
             assert manifest["mode"] == commit.mode, commit
             reached.update(f"part via {f.get('via')}" for f in manifest["files"])
+            state = manifest["state"]
+            if self.oracle.strategy == "files":
+                assert state["maxModifiedNs"] == commit.state.max_modified_ns, (state, commit)
+                assert sorted(manifest["sourceFiles"]) == list(commit.source_files), commit
+            else:
+                assert state.get("value") == commit.state.max_cursor, (state, commit)
         if completed:
             self._check_folders()
 
