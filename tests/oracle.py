@@ -134,14 +134,14 @@ class Oracle:
                 chosen = [f for f in self.files.values() if f.mtime_ns > horizon and f.path not in chain.exported_paths]
             if not chosen:
                 # Step 4: "An incremental run that finds nothing new writes nothing ... reports no-new-data". A
-                # backfill of an empty source is modelled the same way (design.md does not say; see the report).
+                # backfill of an empty source is modelled the same way (design.md does not say).
                 return Prediction(Expect.no_new_data)
             # "(A run whose new files hold zero rows does commit: the watermark moves past those files.)"
             ids = [r.id for f in chosen for r in f.rows]
             paths = tuple(sorted(f.path for f in chosen))
             newest = max(f.mtime_ns for f in chosen)
             after = Chain(
-                max_modified_ns=max(newest, chain.max_modified_ns or newest),
+                max_modified_ns=newest if chain.max_modified_ns is None else max(newest, chain.max_modified_ns),
                 exported_paths=chain.exported_paths | {f.path for f in chosen},
             )
         else:
@@ -153,6 +153,8 @@ class Oracle:
             chosen_rows = [r for r in candidates if bound is None or r.cursor > bound]
             if not backfill and not chosen_rows:
                 return Prediction(Expect.no_new_data)
+            # A backfill (the first export, a reset, mode full) commits even without a row: design.md says so only
+            # of strategy files ("new files hold zero rows"); tests/local pins it for an all-null first export.
             ids = [r.id for r in chosen_rows]
             paths = ()
             top = max((r.cursor for r in chosen_rows if r.cursor is not None), default=None)
