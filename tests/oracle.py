@@ -58,6 +58,10 @@ class Chain:
     max_modified_ns: int | None = None
     exported_paths: frozenset[str] = frozenset()
     max_cursor: Cursor | None = None
+    # "Raising lookback widens the window as the watermark moves on, never below the window of the latest commit":
+    # the oldest modification time a commit's window reached (its maxModified - lookback, or the previous one's if
+    # that was later).
+    window_since_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,8 @@ class Oracle:
             else:
                 assert chain.max_modified_ns is not None
                 horizon = chain.max_modified_ns - self.lookback_ns
+                if chain.window_since_ns is not None:
+                    horizon = max(horizon, chain.window_since_ns)
                 chosen = [f for f in self.files.values() if f.mtime_ns > horizon and f.path not in chain.exported_paths]
             if not chosen:
                 # Step 4: "An incremental run that finds nothing new writes nothing ... reports no-new-data". A
@@ -140,9 +146,12 @@ class Oracle:
             ids = [r.id for f in chosen for r in f.rows]
             paths = tuple(sorted(f.path for f in chosen))
             newest = max(f.mtime_ns for f in chosen)
+            top = newest if chain.max_modified_ns is None else max(newest, chain.max_modified_ns)
+            window = top - self.lookback_ns
             after = Chain(
-                max_modified_ns=newest if chain.max_modified_ns is None else max(newest, chain.max_modified_ns),
+                max_modified_ns=top,
                 exported_paths=chain.exported_paths | {f.path for f in chosen},
+                window_since_ns=window if chain.window_since_ns is None else max(window, chain.window_since_ns),
             )
         else:
             if not self.files:
@@ -157,8 +166,8 @@ class Oracle:
             # of strategy files ("new files hold zero rows"); tests/local pins it for an all-null first export.
             ids = [r.id for r in chosen_rows]
             paths = ()
-            top = max((r.cursor for r in chosen_rows if r.cursor is not None), default=None)
-            after = Chain(max_cursor=top if top is not None else bound)
+            highest = max((r.cursor for r in chosen_rows if r.cursor is not None), default=None)
+            after = Chain(max_cursor=highest if highest is not None else bound)
         commit = Commit(
             export_time=slot,
             ids=tuple(sorted(ids)),

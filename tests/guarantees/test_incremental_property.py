@@ -188,6 +188,7 @@ class Exports(RuleBasedStateMachine):
         self.window = 0  # the current schedule slot: T0 + window * 3h
         self.dirty: set[str] = set()  # slots where a killed attempt that did not commit may have left files
         self.cursor: tuple[pa.DataType, st.SearchStrategy[Any], Any] = CURSORS["int64"]
+        self.spec: dict[str, Any] = {}
 
     @initialize(
         strategy=st.sampled_from(["files", "column"]),
@@ -202,17 +203,8 @@ class Exports(RuleBasedStateMachine):
         self, strategy: str, mode: str, fmt: str, lookback: str, cursor: str, max_records: int, data: st.DataObject
     ) -> None:
         column = "cursor" if strategy == "column" else None
-        self.flow = flow_yaml(
-            self.tmp,
-            source=self.src,
-            dest=self.dest,
-            fmt=fmt,
-            strategy=strategy,
-            column=column,
-            mode=mode,
-            lookback=lookback,
-            max_records=max_records,
-        )
+        self.spec = {"fmt": fmt, "strategy": strategy, "column": column, "mode": mode, "max_records": max_records}
+        self.flow = flow_yaml(self.tmp, source=self.src, dest=self.dest, lookback=lookback, **self.spec)
         self.oracle = Oracle(strategy=strategy, mode=mode, lookback_ns=LOOKBACKS[lookback])
         self.cursor = CURSORS[cursor]
         # One file with the typed cursor column first, so the column is in every dataset the exporter reads.
@@ -287,6 +279,16 @@ class Exports(RuleBasedStateMachine):
             )
             reached[f"mtime {when}"] += 1
 
+    @rule(lookback=st.sampled_from(sorted(LOOKBACKS)))
+    def change_lookback(self, lookback: str) -> None:
+        """The user edits ``lookback``, as design.md advises for files that arrive later than it ("raise
+        lookback"); the next runs select with the new value."""
+        assert self.oracle is not None
+        self.flow = flow_yaml(self.tmp, source=self.src, dest=self.dest, lookback=lookback, **self.spec)
+        if LOOKBACKS[lookback] > self.oracle.lookback_ns:
+            reached["lookback raised"] += 1
+        self.oracle.lookback_ns = LOOKBACKS[lookback]
+
     # ---------------------------------------------------------------------------------------------- runs
 
     def _when(self, move: str, minute: int) -> tuple[dt.datetime, str | None, str]:
@@ -329,6 +331,11 @@ class Exports(RuleBasedStateMachine):
         self._check_outcome(prediction, str(result.outcome), result.reason, result.message)
         self._check_destination(completed=True)
 
+    @rule(minute=MINUTES, token=TOKENS)
+    def late_reset(self, minute: int, token: str | None) -> None:
+        """A reset for a slot behind the latest commit: refused unless that commit carries its token."""
+        self.run("behind", minute, reset=True, token=token)
+
     @rule(move=MOVES, minute=MINUTES, reset=RESETS, token=TOKENS, kill_at=st.integers(0, 60))
     def killed_run(self, move: str, minute: int, reset: bool, token: str | None, kill_at: int) -> None:
         """One export SIGKILLed before its ``kill_at``-th operation at the destination (if it gets that far)."""
@@ -362,6 +369,16 @@ class Exports(RuleBasedStateMachine):
             self.dirty.add(slot)
             reached["killed before its commit point"] += 1
         self._check_destination(completed=False)
+
+    @rule(kill_at=st.integers(0, 40), rows=st.integers(0, 3))
+    def killed_after_append(self, kill_at: int, rows: int) -> None:
+        """A file newer than any, then a later slot, killed: under strategy files and mode full a run with something
+        to commit, so kills land on both sides of its commit point in every test run."""
+        assert self.oracle is not None
+        newest = max(f.mtime_ns for f in self.oracle.files.values())
+        fresh = [Row(self._id(), None, None) for _ in range(rows)]
+        self._add(fresh, cursor_kind="typed", extra_kind="absent", mtime_ns=newest + SECOND_NS, sub=False)
+        self.killed_run("next", 0, reset=False, token=None, kill_at=kill_at)
 
     # ------------------------------------------------------------------------------------------- checks
 
@@ -404,6 +421,7 @@ class Exports(RuleBasedStateMachine):
             state = manifest["state"]
             if self.oracle.strategy == "files":
                 assert state["maxModifiedNs"] == commit.state.max_modified_ns, (state, commit)
+                assert state["recentSinceNs"] == commit.state.window_since_ns, (state, commit)
                 assert sorted(manifest["sourceFiles"]) == list(commit.source_files), commit
             else:
                 assert state.get("value") == commit.state.max_cursor, (state, commit)
@@ -457,6 +475,7 @@ class Exports(RuleBasedStateMachine):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+@pytest.mark.timeout(900)  # passing takes about a minute; a failure is shrunk for up to five more (hypothesis)
 def test_exports_follow_the_documented_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     """The machine's examples, then proof that they reached the risky inputs.
 
@@ -478,3 +497,4 @@ def test_exports_follow_the_documented_rules(monkeypatch: pytest.MonkeyPatch) ->
     assert all(reached[f"mtime {m}"] > 0 for m in MTIMES), reached
     assert reached["lost by the rules"] > 0, reached
     assert reached["part via copy"] > 0 and reached["part via encode"] > 0, reached
+    assert reached["lookback raised"] > 0, reached
