@@ -43,6 +43,10 @@ class FilesState(Model):
     max_modified_ns: Annotated[int, Field(ge=0)]
     max_modified: str
     recent: dict[str, int] = Field(default_factory=dict)
+    # ``recent`` holds every path exported that was modified after this instant, and none before (``maxModified``
+    # minus the lookback of the run that wrote it, or later): a run whose lookback was raised since must not look
+    # below it, where it cannot tell exported files from others. Absent in manifests that predate it.
+    recent_since_ns: Annotated[int | None, Field(exclude_if=lambda v: v is None)] = None
 
 
 class ColumnState(Model):

@@ -36,10 +36,16 @@ class FilesSelection:
 
 
 def horizon_ns(previous: FilesState | ColumnState | None, lookback_ns: int) -> int | None:
-    """Strategy files exports no file modified at or before this instant (None: the first export, everything)."""
+    """Strategy files exports no file modified at or before this instant (None: the first export, everything).
+
+    That is ``maxModified - lookback``, but never below the oldest time the previous commit remembers paths for
+    (``recentSinceNs``): after ``lookback`` is raised, a file older than that may have been exported already, and
+    its path was not kept, so taking it again could export it twice.
+    """
     if not isinstance(previous, FilesState):
         return None
-    return previous.max_modified_ns - lookback_ns
+    horizon = previous.max_modified_ns - lookback_ns
+    return horizon if previous.recent_since_ns is None else max(horizon, previous.recent_since_ns)
 
 
 def select_files(listing: Sequence[SourceFile], previous: FilesState | None, *, lookback_ns: int) -> FilesSelection:
@@ -57,7 +63,12 @@ def select_files(listing: Sequence[SourceFile], previous: FilesState | None, *, 
     horizon = new_max - lookback_ns
     seen.update({f.path: f.mtime_ns for f in chosen})
     recent = {p: m for p, m in sorted(seen.items()) if m > horizon}
-    state = FilesState(max_modified_ns=new_max, max_modified=_iso_ns(new_max), recent=recent)
+    # What ``recent`` is complete after: above the new horizon, and above what the previous state was complete after
+    # (a raised lookback widens the window only as maxModified moves on).
+    complete_after = horizon if since is None else max(horizon, since)
+    state = FilesState(
+        max_modified_ns=new_max, max_modified=_iso_ns(new_max), recent=recent, recent_since_ns=complete_after
+    )
     wm_range = WatermarkRange(
         strategy="files", from_=_iso_ns(prev_max) if prev_max is not None else None, to=_iso_ns(new_max)
     )
