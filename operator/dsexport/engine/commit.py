@@ -129,23 +129,23 @@ def commit(transport: Transport, prefix: str, manifest: Manifest) -> None:
         )
         if winner is None or winner.run_id != manifest.run_id:
             raise Superseded(winner or manifest) from None
-    publish(transport, prefix, manifest, check_files=False)
+    publish(transport, prefix, manifest)
 
 
-def publish(transport: Transport, prefix: str, manifest: Manifest, *, check_files: bool) -> None:
+def publish(transport: Transport, prefix: str, manifest: Manifest, *, check_files: bool = False) -> None:
     """Write a claimed commit's manifest into its folder, then ``_SUCCESS``; either may be there already, written
     by another run publishing the same claim (then it holds the same bytes). ``check_files``: first make sure the
     files it lists are there, for a claim this run did not make (its run wrote them before claiming, so only
     someone removing them by hand makes them miss)."""
     folder = join(prefix, SLOT_PREFIX + manifest.export_time)
-    listed = {k.rsplit("/", 1)[-1] for k in transport.list_keys(folder)} if check_files else set()
-    missing = set(manifest_paths(manifest)) - listed if check_files else set()
-    if missing:
-        raise StateError(
-            f"{_where(transport, folder)}: the commit claimed for it lists files that are not there "
-            f"({', '.join(sorted(missing)[:3])}); someone removed them: remove the folder and its claim to export "
-            "its rows again"
-        )
+    if check_files:
+        missing = set(manifest_paths(manifest)) - {_name(k) for k in transport.list_keys(folder)}
+        if missing:
+            raise StateError(
+                f"{_where(transport, folder)}: the commit claimed for it lists files that are not there "
+                f"({', '.join(sorted(missing)[:3])}); someone removed them: remove the folder and its claim to "
+                "export its rows again"
+            )
     try:
         transport.put(join(folder, MANIFEST), manifest.to_bytes(), create_only=True)
     except AlreadyExistsError:
@@ -181,7 +181,7 @@ def clean_folder(transport: Transport, folder: str) -> int:
     """Delete every file of a folder that nothing committed (a killed or losing run's parts, temporary files); a
     folder that does hold a manifest is left alone."""
     keys = list(transport.list_keys(folder))
-    if any(k.rsplit("/", 1)[-1] == MANIFEST for k in keys):
+    if any(_name(k) == MANIFEST for k in keys):
         return 0
     transport.delete(keys)
     return len(keys)
@@ -192,16 +192,16 @@ def finish_committed(transport: Transport, folder: str, manifest: Manifest) -> i
     (a losing or killed attempt's). Returns how many files went."""
     keep = _MARKERS | set(manifest_paths(manifest))
     keys = list(transport.list_keys(folder))
-    garbage = [k for k in keys if k.rsplit("/", 1)[-1] not in keep]
+    garbage = [k for k in keys if _name(k) not in keep]
     transport.delete(garbage)
-    if not any(k.rsplit("/", 1)[-1] == SUCCESS for k in keys):
+    if not any(_name(k) == SUCCESS for k in keys):
         transport.put(join(folder, SUCCESS), b"")
     return len(garbage)
 
 
 def remove_attempt(transport: Transport, folder: str, run_id: str) -> int:
     """Delete this attempt's own files (parts and temporary files carry its run id) after it lost the commit."""
-    mine = [k for k in transport.list_keys(folder) if f"-{run_id}." in k.rsplit("/", 1)[-1]]
+    mine = [k for k in transport.list_keys(folder) if f"-{run_id}." in _name(k)]
     transport.delete(mine)
     return len(mine)
 
@@ -229,6 +229,11 @@ def check_owner(state: DatasetState, dataset_export: str, *, where: str) -> None
             f"{where}: the folder is already used by DatasetExport {state.latest.dataset_export!r}; "
             "give this export another folder or datasetId"
         )
+
+
+def _name(key: str) -> str:
+    """A key's last part: the file's name in its folder."""
+    return key.rpartition("/")[2]
 
 
 def _where(transport: Transport, key: str) -> str:
