@@ -117,7 +117,7 @@ mutation: $(MUTATION_VENV)/.stamp
 	  echo "mutmut run: $$(( $$(date +%s) - start )) s"
 	cd .mutation && "$(CURDIR)/$(MUTATION_VENV)/bin/mutmut" results --all true > results.txt; \
 	  awk -F': ' '/__mutmut_/ && $$2 != "not checked" { split($$1, n, "."); m = n[3]; total[m]++; \
-	    if ($$2 == "killed") killed[m]++; else print "  " $$2 ": " $$1 } \
+	    if ($$2 == "killed" || $$2 == "timeout") killed[m]++; else print "  " $$2 ": " $$1 } \
 	    END { for (m in total) printf "%-10s %4d/%-4d killed (%.1f%%)\n", m, killed[m], total[m], 100 * killed[m] / total[m] }' \
 	    results.txt
 

@@ -99,15 +99,92 @@ def test_a_killed_runs_claim_is_published_when_its_files_are_there(dest: Path) -
         t.put(join(folder, name), b"x")
     claimed = successor(latest(t), NEXT_SLOT, "c" * 16, names)
     t.put(join(PREFIX, f"exportTime={SLOT}", commit.NEXT), claimed.to_bytes())
-    assert latest(t) == claimed
+    state = commit.read_state(t, PREFIX, dataset_id="events")
+    assert (state.latest, state.latest_slot, state.slots) == (claimed, NEXT_SLOT, (SLOT, NEXT_SLOT))
     assert t.get(join(folder, commit.MANIFEST)) == claimed.to_bytes()
 
-    # One of its files removed by hand: refused, naming the folder and the file.
-    other = successor(claimed, "202612010600", "d" * 16, ["part-00000-dddddddddddddddd.parquet"])
+    # Files removed by hand: refused, naming the folder and (the first three of) the files.
+    gone = [f"part-0000{i}-dddddddddddddddd.parquet" for i in range(5)]
+    t.put(join(PREFIX, "exportTime=202612010600", gone[4]), b"x")
+    other = successor(claimed, "202612010600", "d" * 16, gone[1:] + gone[:1])
     t.put(join(folder, commit.NEXT), other.to_bytes())
-    with pytest.raises(StateError, match=r"lists files that are not there \(part-00000-dddddddddddddddd") as refused:
+    with pytest.raises(StateError) as refused:
         latest(t)
-    assert str(refused.value).startswith(f"{t.describe()}/{PREFIX}/exportTime=202612010600: ")
+    assert str(refused.value) == (
+        f"{t.describe()}/{PREFIX}/exportTime=202612010600: the commit claimed for it lists files that are not there "
+        f"({gone[0]}, {gone[1]}, {gone[2]}); someone removed them: remove the folder and its claim to export its "
+        "rows again"
+    )
+    assert not t.exists(join(PREFIX, "exportTime=202612010600", commit.MANIFEST))
+
+
+def test_the_destination_layout() -> None:
+    """docs/design.md: FOLDER/DATASET_ID/exportTime=YYYYMMDDHHMM/, the first claim in the dataset's folder."""
+    assert commit.dataset_prefix("exports/daily", "events") == "exports/daily/events"
+    assert commit.slot_folder("exports/daily", "events", SLOT) == f"exports/daily/events/exportTime={SLOT}"
+    assert commit.claim_key("exports/daily/events", None) == "exports/daily/events/_first.json"
+    assert commit.claim_key("exports/daily/events", SLOT) == f"exports/daily/events/exportTime={SLOT}/_next.json"
+
+
+def test_a_folder_holding_another_manifest_is_not_published_over(dest: Path) -> None:
+    t = FilesystemTransport(dest)
+    claimed = successor(latest(t), NEXT_SLOT, "a" * 16)
+    there = successor(latest(t), NEXT_SLOT, "b" * 16)
+    folder = join(PREFIX, f"exportTime={NEXT_SLOT}")
+    t.put(join(folder, commit.MANIFEST), there.to_bytes())
+    with pytest.raises(StateError) as refused:
+        commit.publish(t, PREFIX, claimed)
+    assert str(refused.value) == f"{t.describe()}/{folder}: its manifest is not the commit claimed for it"
+    assert t.get(join(folder, commit.MANIFEST)) == there.to_bytes()
+    assert not t.exists(join(folder, commit.SUCCESS))
+    commit.publish(t, PREFIX, there)  # the same commit published again: done
+    assert t.get(join(folder, commit.SUCCESS)) == b""
+
+
+def test_a_retried_commit_leaves_the_published_files_as_they_are(dest: Path) -> None:
+    """A retry after a lost reply finds its own claim and manifest: it rewrites neither, nor the empty marker that
+    tools watch for."""
+    t = FilesystemTransport(dest)
+    mine = successor(latest(t), NEXT_SLOT, "a" * 16)
+    commit.commit(t, PREFIX, mine)
+    folder = dest / PREFIX / f"exportTime={NEXT_SLOT}"
+    marker = folder / commit.SUCCESS
+    assert marker.read_bytes() == b""
+    before = {p.name: p.stat().st_ino for p in folder.iterdir()}
+    commit.commit(t, PREFIX, mine)
+    assert {p.name: p.stat().st_ino for p in folder.iterdir()} == before
+
+
+def test_clean_behind_an_empty_destination_removes_nothing(tmp_path: Path) -> None:
+    state = commit.read_state(FilesystemTransport(tmp_path), PREFIX, dataset_id="events")
+    assert commit.clean_behind(FilesystemTransport(tmp_path), PREFIX, state) == 0
+
+
+def test_the_first_commit_makes_every_earlier_folder_garbage(dest: Path) -> None:
+    t = FilesystemTransport(dest)
+    garbage = [
+        join(PREFIX, f"exportTime={s}", "part-00000-ffffffffffffffff.parquet") for s in ("202611290000", "202611300000")
+    ]
+    for key in garbage:
+        t.put(key, b"x")
+    state = commit.read_state(t, PREFIX, dataset_id="events")
+    assert state.latest is not None and state.latest.sequence == 1
+    assert commit.clean_behind(t, PREFIX, state) == 2
+    assert not any(t.exists(k) for k in garbage)
+
+
+def test_a_commit_from_before_the_chain_only_completes_its_own_folder(dest: Path) -> None:
+    """A manifest of a release before the commit chain (sequence above 1, no previous) does not say where its
+    window starts, so folders before it are left alone."""
+    t = FilesystemTransport(dest)
+    legacy = latest(t).model_copy(update={"sequence": 3, "previous": None})
+    earlier = join(PREFIX, "exportTime=202611300000", "part-00000-ffffffffffffffff.parquet")
+    stray = join(PREFIX, f"exportTime={SLOT}", "part-00000-ffffffffffffffff.parquet")
+    for key in (earlier, stray):
+        t.put(key, b"x")
+    state = commit.DatasetState(legacy, SLOT, ("202611300000", SLOT))
+    assert commit.clean_behind(t, PREFIX, state) == 1
+    assert t.exists(earlier) and not t.exists(stray)
 
 
 def test_clean_folder_leaves_a_committed_folder_alone(dest: Path) -> None:
@@ -140,3 +217,54 @@ def test_remove_attempt_removes_only_that_attempts_files(tmp_path: Path) -> None
         t.put(join(folder, name), b"x")
     assert commit.remove_attempt(t, folder, "a" * 16) == 2
     assert sorted(k.rsplit("/", 1)[-1] for k in t.list_keys(folder)) == sorted(others)
+
+
+def test_a_damaged_claim_met_while_reading_the_state_is_refused_naming_it(dest: Path) -> None:
+    t = FilesystemTransport(dest)
+    claim = join(PREFIX, f"exportTime={SLOT}", commit.NEXT)
+    t.put(claim, b"[]")
+    with pytest.raises(StateError) as refused:
+        commit.read_state(t, PREFIX, dataset_id="events")
+    assert str(refused.value).startswith(f"{t.describe()}/{claim} is not a valid dsexport manifest")
+
+
+def test_finish_committed_restores_an_empty_marker(dest: Path) -> None:
+    t = FilesystemTransport(dest)
+    folder = join(PREFIX, f"exportTime={SLOT}")
+    t.delete([join(folder, commit.SUCCESS)])
+    assert commit.finish_committed(t, folder, latest(t)) == 0
+    assert t.get(join(folder, commit.SUCCESS)) == b""
+
+
+def test_another_dataset_exports_folder_is_refused_saying_what_to_do(dest: Path) -> None:
+    state = commit.read_state(FilesystemTransport(dest), PREFIX, dataset_id="events")
+    with pytest.raises(StateError) as refused:
+        commit.check_owner(state, "other", where="there")
+    assert str(refused.value) == (
+        "there: the folder is already used by DatasetExport 'flow'; give this export another folder or datasetId"
+    )
+
+
+def test_the_first_claim_of_a_dataset_is_published_and_must_be_sequence_1(dest: Path, tmp_path: Path) -> None:
+    first = latest(FilesystemTransport(dest)).model_copy(update={"files": [], "records": 0, "bytes": 0})
+    fresh = FilesystemTransport(tmp_path / "fresh")
+    fresh.put(join(PREFIX, commit.FIRST), first.to_bytes())  # its run was killed after claiming
+    assert latest(fresh) == first
+
+    second = FilesystemTransport(tmp_path / "second")
+    second.put(join(PREFIX, commit.FIRST), first.model_copy(update={"sequence": 2}).to_bytes())
+    with pytest.raises(StateError) as refused:
+        latest(second)
+    assert str(refused.value) == (
+        f"{second.describe()}/{PREFIX}/{commit.FIRST} claims exportTime {SLOT} (sequence 2, after None) as the "
+        "commit after none (sequence 1): the commit chain is damaged; restore the file, or remove the dataset's "
+        "folder to export everything again"
+    )
+
+
+def test_a_claim_of_the_slot_it_follows_is_refused(dest: Path) -> None:
+    t = FilesystemTransport(dest)
+    again = successor(latest(t), SLOT, "a" * 16)
+    t.put(join(PREFIX, f"exportTime={SLOT}", commit.NEXT), again.to_bytes())
+    with pytest.raises(StateError, match=f"claims exportTime {SLOT} .* as the commit after {SLOT} .*damaged"):
+        latest(t)

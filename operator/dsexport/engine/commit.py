@@ -88,7 +88,8 @@ def read_state(transport: Transport, prefix: str, *, dataset_id: str) -> Dataset
             latest = manifests.parse(raw, path=_where(transport, key), dataset_id=dataset_id, export_time=slot)
             break
     while (claimed := read_claim(transport, prefix, latest, dataset_id=dataset_id)) is not None:
-        publish(transport, prefix, claimed, check_files=True)
+        check_files(transport, prefix, claimed)
+        publish(transport, prefix, claimed)
         latest = claimed
         slots = tuple(sorted({*slots, claimed.export_time}))
     return DatasetState(latest, latest.export_time if latest else None, slots)
@@ -132,20 +133,23 @@ def commit(transport: Transport, prefix: str, manifest: Manifest) -> None:
     publish(transport, prefix, manifest)
 
 
-def publish(transport: Transport, prefix: str, manifest: Manifest, *, check_files: bool = False) -> None:
-    """Write a claimed commit's manifest into its folder, then ``_SUCCESS``; either may be there already, written
-    by another run publishing the same claim (then it holds the same bytes). ``check_files``: first make sure the
-    files it lists are there, for a claim this run did not make (its run wrote them before claiming, so only
-    someone removing them by hand makes them miss)."""
+def check_files(transport: Transport, prefix: str, manifest: Manifest) -> None:
+    """Make sure the files a claimed commit lists are there, before publishing a claim this run did not make (its
+    run wrote them before claiming, so only someone removing them by hand makes them miss)."""
     folder = join(prefix, SLOT_PREFIX + manifest.export_time)
-    if check_files:
-        missing = set(manifest_paths(manifest)) - {_name(k) for k in transport.list_keys(folder)}
-        if missing:
-            raise StateError(
-                f"{_where(transport, folder)}: the commit claimed for it lists files that are not there "
-                f"({', '.join(sorted(missing)[:3])}); someone removed them: remove the folder and its claim to "
-                "export its rows again"
-            )
+    missing = set(manifest_paths(manifest)) - {_name(k) for k in transport.list_keys(folder)}
+    if missing:
+        raise StateError(
+            f"{_where(transport, folder)}: the commit claimed for it lists files that are not there "
+            f"({', '.join(sorted(missing)[:3])}); someone removed them: remove the folder and its claim to export "
+            "its rows again"
+        )
+
+
+def publish(transport: Transport, prefix: str, manifest: Manifest) -> None:
+    """Write a claimed commit's manifest into its folder, then ``_SUCCESS``; either may be there already, written
+    by another run publishing the same claim (then it holds the same bytes)."""
+    folder = join(prefix, SLOT_PREFIX + manifest.export_time)
     try:
         transport.put(join(folder, MANIFEST), manifest.to_bytes(), create_only=True)
     except AlreadyExistsError:
@@ -172,7 +176,7 @@ def clean_behind(transport: Transport, prefix: str, state: DatasetState) -> int:
     if latest.previous is not None or latest.sequence == 1:
         after = latest.previous or ""
         for slot in state.slots:
-            if after < slot < latest.export_time:
+            if after < slot < latest.export_time:  # pragma: no mutate (the bounds hold a manifest: clean_folder)
                 removed += clean_folder(transport, join(prefix, SLOT_PREFIX + slot))
     return removed + finish_committed(transport, join(prefix, SLOT_PREFIX + latest.export_time), latest)
 
