@@ -1,0 +1,110 @@
+"""One export losing the race to another run from the same watermark, found untested by mutation testing
+(docs/mutation.md): the run that did not commit says who did, leaves the winner's commit as it is and removes its
+own files, whether it lost at the claim or failed on the way."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from contextlib import _GeneratorContextManager
+from pathlib import Path
+
+import pytest
+from examples import sample
+from tests.helpers import START, committed, flow_yaml, read_committed_ids
+from tests.helpers import run_local as run
+
+from dsexport.api import loader
+from dsexport.cli import local
+from dsexport.destinations.base import Writable
+from dsexport.destinations.filesystem import FilesystemTransport
+from dsexport.engine import DatasetResult, Outcome, commit, export_dataset
+from dsexport.errors import DestinationError
+
+AT = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)  # slot 202612010000 of the helper's 3-hourly schedule
+LOSER_SLOT = "202612010600"
+
+
+class RacedTransport(FilesystemTransport):
+    """A destination on which another run, ``rival``, commits just before this run does ``when``."""
+
+    def __init__(self, root: Path, rival: Callable[[], None], when: str, *, fail: bool = False) -> None:
+        super().__init__(root)
+        self.rival, self.when, self.fail = rival, when, fail
+
+    def _race(self, what: str) -> None:
+        if self.when == what:
+            self.when = ""
+            self.rival()
+            if self.fail:
+                raise DestinationError("the store went away", transient=True)
+
+    def open_write(self, key: str) -> _GeneratorContextManager[Writable, None, None]:
+        self._race("write")
+        return super().open_write(key)
+
+    def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        if key.endswith(commit.NEXT):
+            self._race("claim")
+        super().put(key, data, create_only=create_only)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """A first commit, then new source files for two runs to race on; returns (flow, source, destination)."""
+    src, dest = tmp_path / "lake", tmp_path / "dest"
+    sample.write_files(src, files=1, rows_per_file=300, seed=1, start=START)
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    [first] = run(flow, AT)
+    assert first.outcome == Outcome.exported
+    sample.write_files(src / "more", files=1, rows_per_file=200, seed=2, start=START, id_offset=300)
+    yield flow, src, dest
+
+
+def race(flow: Path, dest: Path, when: str, *, fail: bool = False) -> tuple[DatasetResult, list[DatasetResult]]:
+    """This run (slot 06:00) against a rival (slot 03:00) that commits first; returns both results."""
+    rival: list[DatasetResult] = []
+    bundle = loader.load_files([flow])
+    [request] = local.requests(bundle, at=AT + dt.timedelta(hours=6))
+    transport = RacedTransport(dest, lambda: rival.extend(run(flow, AT + dt.timedelta(hours=3))), when, fail=fail)
+    return export_dataset(request, transport), rival
+
+
+@pytest.mark.parametrize("when", ["claim", "write"])
+def test_a_run_that_loses_the_race_says_who_won_and_removes_its_files(
+    setup: tuple[Path, Path, Path], when: str
+) -> None:
+    flow, _, dest = setup
+    result, [rival] = race(flow, dest, when, fail=when == "write")
+    assert rival.outcome == Outcome.exported and rival.records == 200
+    assert result.outcome == Outcome.superseded
+    assert (result.export_time, result.folder, result.records) == (LOSER_SLOT, f"out/events/exportTime={LOSER_SLOT}", 0)
+    assert result.message == (
+        "another run committed exportTime 202612010300 first, from the same watermark; it exports what this run "
+        "would have, and this run removed its files"
+    )
+    assert result.watermark == rival.watermark
+    assert [m["exportTime"] for m in committed(dest)] == ["202612010000", "202612010300"]
+    assert read_committed_ids(dest) == list(range(500))
+    assert list(FilesystemTransport(dest).list_keys(f"out/events/exportTime={LOSER_SLOT}")) == []
+
+
+def test_a_run_that_fails_with_nobody_else_committing_fails(setup: tuple[Path, Path, Path]) -> None:
+    flow, _, dest = setup
+    bundle = loader.load_files([flow])
+    [request] = local.requests(bundle, at=AT + dt.timedelta(hours=6))
+    result = export_dataset(request, RacedTransport(dest, lambda: None, "write", fail=True))
+    assert (result.outcome, result.reason, result.transient) == (Outcome.failed, "DestinationFailed", True)
+    assert result.message == "the store went away"
+    assert [m["exportTime"] for m in committed(dest)] == ["202612010000"]
+
+
+def test_a_strategy_change_is_refused_until_the_dataset_is_reset(setup: tuple[Path, Path, Path]) -> None:
+    flow, src, dest = setup
+    flow_yaml(flow.parent, source=src, dest=dest, strategy="column", column="_id")  # rewrites flow.yaml
+    [result] = run(flow, AT + dt.timedelta(hours=3))
+    assert (result.outcome, result.reason) == (Outcome.failed, "InvalidSpec")
+    assert result.message == (
+        "the committed watermark uses strategy files, the Dataset now says column: reset the dataset to start over "
+        "with the new strategy"
+    )

@@ -1,0 +1,115 @@
+"""The part writer at the edges test_writers.py leaves out, found by mutation testing (docs/mutation.md): a record
+limit falling inside a piece after a part ended on its size, and the byte copy's parts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from tests.unit.test_writers import write
+
+from dsexport.destinations.filesystem import FilesystemTransport
+from dsexport.engine import writers
+from dsexport.errors import SourceError
+
+
+def part_ids(path: Path) -> list[int]:
+    if path.suffix == ".parquet":
+        return list(pq.read_table(path).column("id").to_pylist())
+    return [json.loads(line)["id"] for line in path.read_bytes().splitlines()]
+
+
+@pytest.mark.parametrize(("fmt", "size"), [("json", 40_000), ("parquet", 8_000)])
+def test_a_part_ended_by_its_size_moves_where_the_next_record_limit_cuts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, size: int
+) -> None:
+    """700 rows end the first part on its size; the next part's record limit then falls 700 rows into the next
+    1000-row piece, which is cut there (text between two lines, a row group encoded again as two)."""
+    monkeypatch.setattr(writers, "ROW_GROUP_ROWS", 100)  # row groups as the batches are cut, not coalesced
+    parts = write(tmp_path, [700, 2000], type=fmt, maxRecordsPerFile=1000, maxFileSize=size)
+    assert [p.records for p in parts] == [700, 1000, 1000]
+    ids: list[int] = []
+    for p in parts:
+        path = tmp_path / "slot" / p.path
+        data = path.read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (p.bytes, p.sha256)
+        assert len(part_ids(path)) == p.records
+        ids += part_ids(path)
+    assert ids == list(range(2700))
+    if fmt == "parquet":
+        groups = [pq.ParquetFile(tmp_path / "slot" / p.path).metadata for p in parts]
+        assert [[m.row_group(i).num_rows for i in range(m.num_row_groups)] for m in groups] == [
+            [700],
+            [300, 700],
+            [300, 700],
+        ]
+
+
+def test_ndjson_text_is_cut_between_two_lines() -> None:
+    chunks = [b'{"a":1}\n{"a":2}\n', b'{"a":3}\n{"a":4}\n{"a":5}\n']
+    assert writers._split_lines(chunks, 3) == ([chunks[0], b'{"a":3}\n'], [b'{"a":4}\n{"a":5}\n'])
+    assert writers._split_lines(chunks, 2) == ([chunks[0]], [chunks[1]])
+    assert writers._split_lines(chunks, 1) == ([b'{"a":1}\n'], [b'{"a":2}\n', chunks[1]])
+    assert writers._split_lines(chunks, 5) == ([*chunks], [])
+    with pytest.raises(ValueError, match="the text holds fewer than 1 more lines"):
+        writers._split_lines(chunks, 6)
+
+
+def pieces(data: bytes, chunk: int) -> Iterator[bytes | writers.Hashed]:
+    for offset in range(0, len(data), chunk):
+        yield data[offset : offset + chunk]
+    yield writers.Hashed(lambda: hashlib.sha256(data).hexdigest())
+
+
+def test_the_byte_copy_writes_the_file_unchanged(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 40
+    part = writers.copy_part(
+        pieces(data, 1000),
+        origin="in/a.parquet",
+        size=len(data),
+        records=12,
+        transport=FilesystemTransport(tmp_path),
+        folder="slot",
+        name="part-00000-r1.parquet",
+    )
+    assert part == writers.PartFile(
+        "part-00000-r1.parquet", 12, len(data), hashlib.sha256(data).hexdigest(), via="copy", source="in/a.parquet"
+    )
+    assert (tmp_path / "slot" / "part-00000-r1.parquet").read_bytes() == data
+
+
+def test_a_source_file_that_changed_size_is_not_copied(tmp_path: Path) -> None:
+    data = b"x" * 5000
+    with pytest.raises(SourceError) as changed:
+        writers.copy_part(
+            pieces(data, 1000),
+            origin="in/a.parquet",
+            size=4000,
+            records=1,
+            transport=FilesystemTransport(tmp_path),
+            folder="slot",
+            name="part-00000-r1.parquet",
+        )
+    assert str(changed.value) == (
+        "source file in/a.parquet changed while it was exported (5000 bytes, listed with 4000); "
+        "source files must not change once visible"
+    )
+    assert changed.value.transient
+    assert list((tmp_path / "slot").iterdir()) == []
+
+
+def test_the_byte_copys_chunks_must_end_with_the_files_hash(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="the byte copy's chunks ended inside a file"):
+        writers.copy_part(
+            iter([b"abc"]),
+            origin="in/a.parquet",
+            size=3,
+            records=1,
+            transport=FilesystemTransport(tmp_path),
+            folder="slot",
+            name="part-00000-r1.parquet",
+        )
