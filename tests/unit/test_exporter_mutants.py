@@ -5,6 +5,7 @@ own files, whether it lost at the claim or failed on the way."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import _GeneratorContextManager
 from pathlib import Path
@@ -96,6 +97,7 @@ def test_a_run_that_fails_with_nobody_else_committing_fails(setup: tuple[Path, P
     result = export_dataset(request, RacedTransport(dest, lambda: None, "write", fail=True))
     assert (result.outcome, result.reason, result.transient) == (Outcome.failed, "DestinationFailed", True)
     assert result.message == "the store went away"
+    assert (result.export_time, result.folder) == (LOSER_SLOT, f"out/events/exportTime={LOSER_SLOT}")
     assert [m["exportTime"] for m in committed(dest)] == ["202612010000"]
 
 
@@ -108,3 +110,104 @@ def test_a_strategy_change_is_refused_until_the_dataset_is_reset(setup: tuple[Pa
         "the committed watermark uses strategy files, the Dataset now says column: reset the dataset to start over "
         "with the new strategy"
     )
+
+
+def phases(records: list[logging.LogRecord]) -> list[dict[str, object]]:
+    return [r.fields for r in records if r.name == "dsexport.engine.exporter"]  # type: ignore[attr-defined]
+
+
+def test_each_phase_logs_one_line_with_its_counts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src, dest = tmp_path / "lake", tmp_path / "dest"
+    sample.write_files(src, files=2, rows_per_file=150, seed=1, start=START)
+    flow = flow_yaml(tmp_path, source=src, dest=dest)
+    stray = dest / "out/events/exportTime=202611300000/part-00000-ffffffffffffffff.parquet"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"a killed run's part, before the first commit")
+    caplog.set_level(logging.INFO, logger="dsexport.engine.exporter")
+    [result] = run(flow, AT)
+    where = {"datasetExport": "flow", "dataset": "events", "exportTime": "202612010000"}
+    logged = phases(caplog.records)
+    assert [f["phase"] for f in logged] == ["recover", "write", "commit", "clean", "result"]
+    assert logged[0] == {"phase": "recover", **where, "latest": None, "removedFiles": 0}
+    assert {k: logged[1][k] for k in ("phase", *where, "files", "records")} == {
+        "phase": "write",
+        **where,
+        "files": result.files,
+        "records": 300,
+    }
+    assert logged[2] == {"phase": "commit", **where, "records": 300, "bytes": result.bytes, "files": result.files}
+    assert logged[3] == {"phase": "clean", **where, "removedFiles": 1}
+    assert (logged[4]["outcome"], logged[4]["records"]) == ("exported", 300)
+    assert caplog.records[2].getMessage() == "commit flow/events exportTime=202612010000"
+
+    caplog.clear()
+    [again] = run(flow, AT)
+    assert again.outcome == Outcome.already_committed
+    assert phases(caplog.records)[0] == {
+        "phase": "recover",
+        **where,
+        "latest": "202612010000",
+        "committed": True,
+        "removedFiles": 0,
+    }
+    caplog.clear()
+    [behind] = run(flow, AT - dt.timedelta(hours=3))
+    assert behind.outcome == Outcome.already_committed
+    assert phases(caplog.records)[0] == {
+        "phase": "recover",
+        **where,
+        "exportTime": "202611302100",
+        "latest": "202612010000",
+        "behind": True,
+        "removedFiles": 0,
+    }
+
+
+def test_progress_and_time_taken_are_reported(setup: tuple[Path, Path, Path]) -> None:
+    flow, _, dest = setup
+    bundle = loader.load_files([flow])
+    [request] = local.requests(bundle, at=AT + dt.timedelta(hours=6))
+    counted: list[int] = []
+    result = export_dataset(request, FilesystemTransport(dest), on_records=counted.append)
+    assert result.outcome == Outcome.exported and sum(counted) == result.records == 200
+    assert 0 < result.seconds < 60
+
+
+def test_a_requested_export_time_picks_the_folder(setup: tuple[Path, Path, Path]) -> None:
+    flow, _, dest = setup
+    [result] = run(flow, AT + dt.timedelta(hours=6), export_time="202612010427")
+    assert (result.outcome, result.export_time) == (Outcome.exported, "202612010427")
+    assert [m["exportTime"] for m in committed(dest)] == ["202612010000", "202612010427"]
+    [bad] = run(flow, AT + dt.timedelta(hours=6), export_time="tomorrow")
+    assert bad.outcome == Outcome.failed and bad.export_time is None
+    assert bad.message.startswith("the requested export time is invalid: ")
+
+
+def test_a_reset_takes_effect_once_per_token(setup: tuple[Path, Path, Path]) -> None:
+    flow, _, dest = setup
+    [reset] = run(flow, AT + dt.timedelta(hours=3), resets=("events",), reset_token="job-1")
+    assert (reset.outcome, reset.message, reset.records) == (Outcome.exported, "full backfill (reset)", 500)
+    [retried] = run(flow, AT + dt.timedelta(hours=6), resets=("events",), reset_token="job-1")
+    assert (retried.outcome, retried.message) == (Outcome.no_new_data, "no new files")
+    [behind] = run(flow, AT, resets=("events",), reset_token="job-1")
+    assert behind.outcome == Outcome.already_committed  # its own reset, already applied by a later slot
+    [refused] = run(flow, AT - dt.timedelta(hours=3), resets=("events",), reset_token="job-2")
+    assert (refused.outcome, refused.reason) == (Outcome.failed, "DestinationStateRefused")
+    assert refused.message.endswith(
+        "exportTime 202611302100 is before the latest committed export 202612010300, where the reset cannot be "
+        "committed: reset again at a later exportTime"
+    )
+    [bad] = run(flow, AT + dt.timedelta(hours=6), resets=("events",), reset_token="a/b")
+    assert bad.message == "reset token 'a/b' is not 1 to 64 characters of A-Z a-z 0-9 . _ -"
+    assert [(m["exportTime"], m.get("resetToken")) for m in committed(dest)] == [
+        ("202612010000", None),
+        ("202612010300", "job-1"),
+    ]
+
+
+def test_a_folder_of_another_dataset_export_is_refused_naming_the_destination(setup: tuple[Path, Path, Path]) -> None:
+    flow, _, dest = setup
+    flow.write_text(flow.read_text().replace("name: flow", "name: other"))
+    [result] = run(flow, AT + dt.timedelta(hours=3))
+    assert result.outcome == Outcome.failed
+    assert result.message.startswith(f"filesystem:{dest}/out/events: the folder is already used by DatasetExport")

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.unit.test_writers import write
+from tests.unit.test_writers import PLAN, SCHEMA, batches, write
 
+from dsexport.api import Format
 from dsexport.destinations.filesystem import FilesystemTransport
 from dsexport.engine import writers
 from dsexport.errors import SourceError
@@ -113,3 +116,30 @@ def test_the_byte_copys_chunks_must_end_with_the_files_hash(tmp_path: Path) -> N
             folder="slot",
             name="part-00000-r1.parquet",
         )
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "json"])
+def test_a_failure_inside_an_open_part_raises_it_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """The first batch is in the part when the source fails: the source's error comes out unchanged, and the part
+    (its temporary file included) is gone."""
+    monkeypatch.setattr(writers, "ROW_GROUP_ROWS", 10)  # the batch is a row group of its own, written at once
+
+    def failing() -> Iterator[pa.RecordBatch]:
+        yield from batches([100])
+        time.sleep(0.2)  # the first batch is encoded and in the part by now
+        raise OSError("source vanished")
+
+    transport = FilesystemTransport(tmp_path)
+    with pytest.raises(OSError, match="source vanished"):
+        writers.write_parts(
+            failing(),
+            schema=SCHEMA,
+            fmt=Format.model_validate({"type": fmt}),
+            transport=transport,
+            folder="slot",
+            run_id="r1",
+            plan=PLAN,
+        )
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
