@@ -211,3 +211,36 @@ def test_a_folder_of_another_dataset_export_is_refused_naming_the_destination(se
     [result] = run(flow, AT + dt.timedelta(hours=3))
     assert result.outcome == Outcome.failed
     assert result.message.startswith(f"filesystem:{dest}/out/events: the folder is already used by DatasetExport")
+
+
+def test_strategy_column_exports_the_rows_above_the_cursor_once(tmp_path: Path) -> None:
+    src, dest = tmp_path / "lake", tmp_path / "dest"
+    sample.write_files(src, files=1, rows_per_file=300, seed=1, start=START)
+    flow = flow_yaml(tmp_path, source=src, dest=dest, strategy="column", column="_id")
+    [first] = run(flow, AT)
+    assert (first.outcome, first.records, first.message) == (Outcome.exported, 300, "full backfill")
+    assert first.watermark is not None and (first.watermark.from_, first.watermark.to) == (None, "299")
+
+    [nothing] = run(flow, AT + dt.timedelta(hours=3))
+    assert (nothing.outcome, nothing.message) == (Outcome.no_new_data, "no new rows")
+    assert nothing.watermark is not None and (nothing.watermark.from_, nothing.watermark.to) == ("299", "299")
+
+    # Rows above the cursor, in a new file and in an old one rewritten (strategy column reads every file).
+    sample.write_files(src, files=1, rows_per_file=400, seed=2, start=START, id_offset=200)
+    [more] = run(flow, AT + dt.timedelta(hours=6))
+    assert (more.outcome, more.records, more.message) == (Outcome.exported, 300, "incremental")
+    assert more.watermark is not None and (more.watermark.from_, more.watermark.to) == ("299", "599")
+    manifests = committed(dest)
+    assert [m["state"]["value"] for m in manifests] == [299, 599]
+    assert "sourceFiles" not in manifests[1] and manifests[0]["backfill"] and not manifests[1]["backfill"]
+    assert read_committed_ids(dest) == list(range(600))
+
+
+def test_an_empty_source_has_nothing_to_export(tmp_path: Path) -> None:
+    src, dest = tmp_path / "lake", tmp_path / "dest"
+    src.mkdir()
+    for strategy, column in (("files", None), ("column", "_id")):
+        flow = flow_yaml(tmp_path, source=src, dest=dest, strategy=strategy, column=column)
+        [result] = run(flow, AT)
+        assert (result.outcome, result.message) == (Outcome.no_new_data, f"no source files under {src}")
+        assert result.watermark is None

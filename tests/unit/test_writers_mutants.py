@@ -3,6 +3,7 @@ limit falling inside a piece after a part ended on its size, and the byte copy's
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -143,3 +144,36 @@ def test_a_failure_inside_an_open_part_raises_it_and_leaves_nothing(
             plan=PLAN,
         )
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_batch_far_above_the_planned_bytes_is_cut_into_row_groups_of_about_that_size(tmp_path: Path) -> None:
+    """A source whose batches the reader does not size: a batch over four times the plan's row group bytes is cut
+    into row groups of as many rows as fit in them, so the encoders' memory stays bounded."""
+    batch = next(batches([10_000]))
+    per_row = batch.nbytes / batch.num_rows
+    tight = dataclasses.replace(PLAN, row_group_bytes=int(per_row * 1_000))
+    parts = writers.write_parts(
+        iter([batch]),
+        schema=SCHEMA,
+        fmt=Format.model_validate({"maxRecordsPerFile": 100_000}),
+        transport=FilesystemTransport(tmp_path),
+        folder="slot",
+        run_id="r1",
+        plan=tight,
+    )
+    meta = pq.ParquetFile(tmp_path / "slot" / parts[0].path).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [1_000] * 10
+    assert part_ids(tmp_path / "slot" / parts[0].path) == list(range(10_000))
+
+    # Exactly four times the planned bytes (640,000 bytes): one row group, as the batch came.
+    roomy = dataclasses.replace(PLAN, row_group_bytes=batch.nbytes // 4)
+    parts = writers.write_parts(
+        iter([batch]),
+        schema=SCHEMA,
+        fmt=Format.model_validate({"maxRecordsPerFile": 100_000}),
+        transport=FilesystemTransport(tmp_path / "roomy"),
+        folder="slot",
+        run_id="r1",
+        plan=roomy,
+    )
+    assert pq.ParquetFile(tmp_path / "roomy" / "slot" / parts[0].path).metadata.num_row_groups == 1
