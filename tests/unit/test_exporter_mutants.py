@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import _GeneratorContextManager
 from pathlib import Path
 
@@ -48,6 +48,14 @@ class RacedTransport(FilesystemTransport):
         if key.endswith(commit.NEXT):
             self._race("claim")
         super().put(key, data, create_only=create_only)
+
+
+class UndeletingTransport(RacedTransport):
+    """As RacedTransport, on a store that fails to delete."""
+
+    def delete(self, keys: Iterable[str]) -> None:
+        if list(keys):
+            raise DestinationError("delete refused")
 
 
 @pytest.fixture
@@ -244,3 +252,32 @@ def test_an_empty_source_has_nothing_to_export(tmp_path: Path) -> None:
         [result] = run(flow, AT)
         assert (result.outcome, result.message) == (Outcome.no_new_data, f"no source files under {src}")
         assert result.watermark is None
+
+
+def test_a_run_that_lost_and_cannot_remove_its_files_leaves_them_to_a_later_run(
+    setup: tuple[Path, Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    flow, _, dest = setup
+    rival: list[DatasetResult] = []
+    bundle = loader.load_files([flow])
+    [request] = local.requests(bundle, at=AT + dt.timedelta(hours=6))
+    transport = UndeletingTransport(dest, lambda: rival.extend(run(flow, AT + dt.timedelta(hours=3))), "claim")
+    caplog.set_level(logging.INFO, logger="dsexport.engine.exporter")
+    result = export_dataset(request, transport)
+    assert result.outcome == Outcome.superseded
+    assert result.message == (
+        "another run committed exportTime 202612010300 first, from the same watermark; it exports what this run "
+        "would have, and a later run removes this run's files"
+    )
+    [lost] = [f for f in phases(caplog.records) if f["phase"] == "superseded"]
+    [winner] = [m for m in committed(dest) if m["exportTime"] == "202612010300"]
+    assert lost == {
+        "phase": "superseded",
+        "datasetExport": "flow",
+        "dataset": "events",
+        "exportTime": LOSER_SLOT,
+        "winner": winner["runId"],
+        "winnerExportTime": "202612010300",
+        "removedFiles": -1,
+    }
+    assert list(FilesystemTransport(dest).list_keys(f"out/events/exportTime={LOSER_SLOT}"))  # left for later

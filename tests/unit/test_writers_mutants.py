@@ -107,7 +107,7 @@ def test_a_source_file_that_changed_size_is_not_copied(tmp_path: Path) -> None:
 
 
 def test_the_byte_copys_chunks_must_end_with_the_files_hash(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="the byte copy's chunks ended inside a file"):
+    with pytest.raises(RuntimeError) as bug:
         writers.copy_part(
             iter([b"abc"]),
             origin="in/a.parquet",
@@ -117,6 +117,7 @@ def test_the_byte_copys_chunks_must_end_with_the_files_hash(tmp_path: Path) -> N
             folder="slot",
             name="part-00000-r1.parquet",
         )
+    assert str(bug.value) == "the byte copy's chunks ended inside a file"
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "json"])
@@ -177,3 +178,33 @@ def test_a_batch_far_above_the_planned_bytes_is_cut_into_row_groups_of_about_tha
         plan=roomy,
     )
     assert pq.ParquetFile(tmp_path / "roomy" / "slot" / parts[0].path).metadata.num_row_groups == 1
+
+
+@pytest.mark.parametrize(("fmt", "size"), [("json", 40_000), ("parquet", 8_000)])
+def test_the_rest_of_a_cut_piece_can_end_the_next_part_on_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, size: int
+) -> None:
+    """As above, but the 300 rows left of the cut piece are wide enough to pass the size limit on their own: the
+    part they start ends with them, as it would have had the piece not been cut."""
+    monkeypatch.setattr(writers, "ROW_GROUP_ROWS", 100)
+
+    def text(i: int) -> str:
+        wide = 1_700 <= i < 2_000
+        return hashlib.sha256(str(i).encode()).hexdigest() * 8 if wide else f"row {i:08d} " * 4
+
+    def wide_batches() -> Iterator[pa.RecordBatch]:
+        for start, stop in ((0, 700), (700, 2_700)):
+            ids = pa.array(range(start, stop), pa.int64())
+            yield pa.record_batch([ids, pa.array([text(i) for i in range(start, stop)])], schema=SCHEMA)
+
+    parts = writers.write_parts(
+        wide_batches(),
+        schema=SCHEMA,
+        fmt=Format.model_validate({"type": fmt, "maxRecordsPerFile": 1_000, "maxFileSize": size}),
+        transport=FilesystemTransport(tmp_path),
+        folder="slot",
+        run_id="r1",
+        plan=PLAN,
+    )
+    assert [p.records for p in parts] == [700, 1_000, 300, 700]
+    assert [i for p in parts for i in part_ids(tmp_path / "slot" / p.path)] == list(range(2_700))
