@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import _GeneratorContextManager
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from examples import sample
 from tests.helpers import START, committed, flow_yaml, read_committed_ids
@@ -19,7 +20,7 @@ from dsexport.api import loader
 from dsexport.cli import local
 from dsexport.destinations.base import Writable
 from dsexport.destinations.filesystem import FilesystemTransport
-from dsexport.engine import DatasetResult, Outcome, commit, export_dataset
+from dsexport.engine import DatasetResult, Outcome, commit, export_dataset, jsonenc
 from dsexport.errors import DestinationError
 
 AT = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)  # slot 202612010000 of the helper's 3-hourly schedule
@@ -281,3 +282,112 @@ def test_a_run_that_lost_and_cannot_remove_its_files_leaves_them_to_a_later_run(
         "removedFiles": -1,
     }
     assert list(FilesystemTransport(dest).list_keys(f"out/events/exportTime={LOSER_SLOT}"))  # left for later
+
+
+def test_the_result_line_is_a_warning_only_when_the_export_failed(
+    setup: tuple[Path, Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    flow, _, _ = setup
+    caplog.set_level(logging.INFO, logger="dsexport.engine.exporter")
+    run(flow, AT + dt.timedelta(hours=3))
+    [line] = [r for r in caplog.records if r.fields["phase"] == "result"]  # type: ignore[attr-defined]
+    assert (line.levelno, line.getMessage()) == (logging.INFO, "exported flow/events: incremental")
+    assert "watermark" not in line.fields and line.fields["records"] == 200  # type: ignore[attr-defined]
+    caplog.clear()
+    flow.write_text(flow.read_text().replace("name: flow", "name: other"))
+    run(flow, AT + dt.timedelta(hours=6))
+    [line] = [r for r in caplog.records if r.fields["phase"] == "result"]  # type: ignore[attr-defined]
+    assert line.levelno == logging.WARNING and line.getMessage().startswith("failed other/events: filesystem:")
+
+
+def test_cleaning_that_fails_after_the_commit_is_left_to_the_next_run(
+    setup: tuple[Path, Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    flow, _, dest = setup
+    stray = dest / "out/events/exportTime=202612010100/part-00000-ffffffffffffffff.parquet"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"a losing run's part")
+    bundle = loader.load_files([flow])
+    [request] = local.requests(bundle, at=AT + dt.timedelta(hours=3))
+    with caplog.at_level(logging.WARNING, logger="dsexport.engine.exporter"):
+        result = export_dataset(request, UndeletingTransport(dest, lambda: None, ""))
+    assert result.outcome == Outcome.exported
+    assert "cleaning after the commit failed, the next run does it: delete refused" in caplog.messages
+    assert stray.exists()
+
+
+def test_the_manifest_records_when_in_utc_the_files_read_and_the_schema_written(
+    setup: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    flow, src, dest = setup
+    run(flow, AT + dt.timedelta(hours=3))
+    manifest = committed(dest)[-1]
+    created = dt.datetime.strptime(manifest["createdAt"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    assert abs((dt.datetime.now(dt.UTC) - created).total_seconds()) < 120
+    assert manifest["sourceFiles"] == ["more/events-000000000300.parquet"]
+    fields = {f["name"]: f["type"] for f in manifest["schema"]["fields"]}
+    assert fields["_id"] == "int64"
+
+    # NDJSON parts: the schema of the JSON text (jsonenc.json_schema), not the source's.
+    json_dest = tmp_path / "json"
+    (tmp_path / "jf").mkdir()
+    json_flow = flow_yaml(tmp_path / "jf", source=src, dest=json_dest, fmt="json")
+    run(json_flow, AT)
+    [json_manifest] = committed(json_dest)
+    source_schema = pq.read_schema(src / "events-000000000000.parquet")
+    expected = jsonenc.json_schema(source_schema)
+    assert [(f["name"], f["type"]) for f in json_manifest["schema"]["fields"]] == [
+        (f.name, str(f.type)) for f in expected
+    ]
+    assert expected != source_schema
+
+
+def test_a_full_snapshot_and_a_reset_applied_earlier_say_so(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    flow, src, dest = setup
+    [reset] = run(flow, AT + dt.timedelta(hours=3), resets=("events",), reset_token="job-1")
+    assert reset.message == "full backfill (reset)"
+    sample.write_files(src / "later", files=1, rows_per_file=50, seed=3, start=START, id_offset=500)
+    [after] = run(flow, AT + dt.timedelta(hours=6), resets=("events",), reset_token="job-1")
+    assert (after.outcome, after.records) == (Outcome.exported, 50)
+    assert after.message == "incremental (the reset was already applied)"
+    assert committed(dest)[-1]["resetToken"] == "job-1"  # carried forward
+
+    (tmp_path / "full").mkdir()
+    full = flow_yaml(tmp_path / "full", source=src, dest=tmp_path / "full-dest", mode="full")
+    [snapshot] = run(full, AT)
+    assert (snapshot.outcome, snapshot.message, snapshot.records) == (Outcome.exported, "full snapshot", 550)
+
+
+def test_rerunning_an_older_committed_slot_completes_it_and_says_it_is_committed(
+    setup: tuple[Path, Path, Path],
+) -> None:
+    flow, _, dest = setup
+    [later] = run(flow, AT + dt.timedelta(hours=3))
+    assert later.outcome == Outcome.exported
+    stray = dest / "out/events/exportTime=202612010000/part-00000-ffffffffffffffff.parquet"
+    stray.write_bytes(b"a losing run's part")
+    [again] = run(flow, AT)
+    assert again.outcome == Outcome.already_committed
+    assert again.message == "exportTime 202612010000 is already committed; a later slot exports what is new"
+    assert again.watermark == later.watermark
+    assert not stray.exists()
+
+
+def test_a_strategy_change_from_column_is_refused_too(tmp_path: Path) -> None:
+    src, dest = tmp_path / "lake", tmp_path / "dest"
+    sample.write_files(src, files=1, rows_per_file=10, seed=1, start=START)
+    run(flow_yaml(tmp_path, source=src, dest=dest, strategy="column", column="_id"), AT)
+    [result] = run(flow_yaml(tmp_path, source=src, dest=dest), AT + dt.timedelta(hours=3))
+    assert result.message == (
+        "the committed watermark uses strategy column, the Dataset now says files: reset the dataset to start over "
+        "with the new strategy"
+    )
+
+
+def test_nothing_new_reports_the_watermark_it_stays_at(setup: tuple[Path, Path, Path]) -> None:
+    flow, _, _ = setup
+    [first_again] = run(flow, AT + dt.timedelta(hours=3))
+    [nothing] = run(flow, AT + dt.timedelta(hours=6))
+    assert (nothing.outcome, nothing.message) == (Outcome.no_new_data, "no new files")
+    assert nothing.watermark is not None and first_again.watermark is not None
+    assert nothing.watermark.from_ == nothing.watermark.to == first_again.watermark.to
