@@ -121,8 +121,9 @@ def test_the_byte_copys_chunks_must_end_with_the_files_hash(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "json"])
+@pytest.mark.parametrize("error", [OSError("source vanished"), SourceError("source vanished", transient=True)])
 def test_a_failure_inside_an_open_part_raises_it_and_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, error: Exception
 ) -> None:
     """The first batch is in the part when the source fails: the source's error comes out unchanged, and the part
     (its temporary file included) is gone."""
@@ -131,10 +132,10 @@ def test_a_failure_inside_an_open_part_raises_it_and_leaves_nothing(
     def failing() -> Iterator[pa.RecordBatch]:
         yield from batches([100])
         time.sleep(0.2)  # the first batch is encoded and in the part by now
-        raise OSError("source vanished")
+        raise error
 
     transport = FilesystemTransport(tmp_path)
-    with pytest.raises(OSError, match="source vanished"):
+    with pytest.raises(type(error), match="source vanished"):
         writers.write_parts(
             failing(),
             schema=SCHEMA,
