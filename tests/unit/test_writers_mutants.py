@@ -4,7 +4,9 @@ limit falling inside a piece after a part ended on its size, and the byte copy's
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -209,3 +211,28 @@ def test_the_rest_of_a_cut_piece_can_end_the_next_part_on_its_size(
     )
     assert [p.records for p in parts] == [700, 1_000, 300, 700]
     assert [i for p in parts for i in part_ids(tmp_path / "slot" / p.path)] == list(range(2_700))
+
+
+def test_ndjson_batches_longer_than_a_slice_are_written_whole_in_order(tmp_path: Path) -> None:
+    parts = write(tmp_path, [20_000, 3], type="json")
+    assert [p.records for p in parts] == [20_003]
+    assert part_ids(tmp_path / "slot" / parts[0].path) == list(range(20_003))
+
+
+def test_gzip_parts_are_the_text_compressed_at_level_6_without_a_timestamp(tmp_path: Path) -> None:
+    """mtime 0: a retried part has the same bytes, so the same sha256."""
+    [gz] = write(tmp_path / "gz", [500], type="json", compression="gzip")
+    [plain] = write(tmp_path / "plain", [500], type="json")
+    text = (tmp_path / "plain" / "slot" / plain.path).read_bytes()
+    expected = io.BytesIO()
+    with gzip.GzipFile(fileobj=expected, mode="wb", compresslevel=6, mtime=0) as f:
+        f.write(text)
+    assert (tmp_path / "gz" / "slot" / gz.path).read_bytes() == expected.getvalue()
+
+
+def test_parquet_parts_carry_column_statistics(tmp_path: Path) -> None:
+    """Readers skip row groups by their min and max: the parts keep them."""
+    [part] = write(tmp_path, [1_000], compression="zstd")
+    column = pq.ParquetFile(tmp_path / "slot" / part.path).metadata.row_group(0).column(0)
+    assert column.compression == "ZSTD"
+    assert column.statistics is not None and (column.statistics.min, column.statistics.max) == (0, 999)
