@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-cluster test check lint typecheck unit crds bench bench-upload bench-operator clean cluster cluster-install cluster-down cluster-bin test-servers image
+.PHONY: demo demo-cluster test check mutation lint typecheck unit crds bench bench-upload bench-operator clean cluster cluster-install cluster-down cluster-bin test-servers image
 
 $(VENV)/.stamp: requirements/runtime.txt requirements/dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -92,5 +92,34 @@ bench-upload: $(VENV)/.stamp test-servers
 bench-operator: $(VENV)/.stamp cluster-bin
 	$(PY) -m bench.operator
 
+# Mutation testing (docs/mutation.md), not part of make test: mutmut mutates the commit protocol, watermark, writers
+# and exporter modules (MUTATE=commit,watermark picks some) and runs the unit and local tests on each mutant, then
+# prints the kill rate per module. mutmut wants the package at src/, so it runs in .mutation/, where src links to
+# operator/; its own virtualenv, since mutmut needs a newer click than runtime.txt pins.
+MUTATION_VENV ?= .venv-mutation
+MUTATE ?= commit,watermark,writers,exporter
+comma := ,
+
+$(MUTATION_VENV)/.stamp: requirements/runtime.txt requirements/dev.txt requirements/mutation.txt
+	python3 -m venv $(MUTATION_VENV)
+	$(MUTATION_VENV)/bin/pip install -q --require-hashes -r requirements/runtime.txt -r requirements/dev.txt
+	$(MUTATION_VENV)/bin/pip install -q --require-hashes -r requirements/mutation.txt
+	$(MUTATION_VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+mutation: $(MUTATION_VENV)/.stamp
+	rm -rf .mutation && mkdir -p .mutation/mutants/src
+	for f in operator:src tests:tests examples:examples charts:charts crds:crds docs:docs README.md:README.md \
+	  pyproject.toml:pyproject.toml; do \
+	  ln -s "../$${f%%:*}" ".mutation/$${f##*:}"; done
+	cd .mutation && start=$$(date +%s) && PYTHONPATH="$(CURDIR)/.mutation/mutants/src" \
+	  "$(CURDIR)/$(MUTATION_VENV)/bin/mutmut" run $(foreach m,$(subst $(comma), ,$(MUTATE)),'dsexport.engine.$(m).*') && \
+	  echo "mutmut run: $$(( $$(date +%s) - start )) s"
+	cd .mutation && "$(CURDIR)/$(MUTATION_VENV)/bin/mutmut" results --all true > results.txt; \
+	  awk -F': ' '/__mutmut_/ && $$2 != "not checked" { split($$1, n, "."); m = n[3]; total[m]++; \
+	    if ($$2 == "killed" || $$2 == "timeout") killed[m]++; else print "  " $$2 ": " $$1 } \
+	    END { for (m in total) printf "%-10s %4d/%-4d killed (%.1f%%)\n", m, killed[m], total[m], 100 * killed[m] / total[m] }' \
+	    results.txt
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MUTATION_VENV) .mutation .pytest_cache .mypy_cache .ruff_cache

@@ -88,7 +88,8 @@ def read_state(transport: Transport, prefix: str, *, dataset_id: str) -> Dataset
             latest = manifests.parse(raw, path=_where(transport, key), dataset_id=dataset_id, export_time=slot)
             break
     while (claimed := read_claim(transport, prefix, latest, dataset_id=dataset_id)) is not None:
-        publish(transport, prefix, claimed, check_files=True)
+        check_files(transport, prefix, claimed)
+        publish(transport, prefix, claimed)
         latest = claimed
         slots = tuple(sorted({*slots, claimed.export_time}))
     return DatasetState(latest, latest.export_time if latest else None, slots)
@@ -129,23 +130,26 @@ def commit(transport: Transport, prefix: str, manifest: Manifest) -> None:
         )
         if winner is None or winner.run_id != manifest.run_id:
             raise Superseded(winner or manifest) from None
-    publish(transport, prefix, manifest, check_files=False)
+    publish(transport, prefix, manifest)
 
 
-def publish(transport: Transport, prefix: str, manifest: Manifest, *, check_files: bool) -> None:
-    """Write a claimed commit's manifest into its folder, then ``_SUCCESS``; either may be there already, written
-    by another run publishing the same claim (then it holds the same bytes). ``check_files``: first make sure the
-    files it lists are there, for a claim this run did not make (its run wrote them before claiming, so only
-    someone removing them by hand makes them miss)."""
+def check_files(transport: Transport, prefix: str, manifest: Manifest) -> None:
+    """Make sure the files a claimed commit lists are there, before publishing a claim this run did not make (its
+    run wrote them before claiming, so only someone removing them by hand makes them miss)."""
     folder = join(prefix, SLOT_PREFIX + manifest.export_time)
-    listed = {k.rsplit("/", 1)[-1] for k in transport.list_keys(folder)} if check_files else set()
-    missing = set(manifest_paths(manifest)) - listed if check_files else set()
+    missing = set(manifest_paths(manifest)) - {_name(k) for k in transport.list_keys(folder)}
     if missing:
         raise StateError(
             f"{_where(transport, folder)}: the commit claimed for it lists files that are not there "
             f"({', '.join(sorted(missing)[:3])}); someone removed them: remove the folder and its claim to export "
             "its rows again"
         )
+
+
+def publish(transport: Transport, prefix: str, manifest: Manifest) -> None:
+    """Write a claimed commit's manifest into its folder, then ``_SUCCESS``; either may be there already, written
+    by another run publishing the same claim (then it holds the same bytes)."""
+    folder = join(prefix, SLOT_PREFIX + manifest.export_time)
     try:
         transport.put(join(folder, MANIFEST), manifest.to_bytes(), create_only=True)
     except AlreadyExistsError:
@@ -172,7 +176,7 @@ def clean_behind(transport: Transport, prefix: str, state: DatasetState) -> int:
     if latest.previous is not None or latest.sequence == 1:
         after = latest.previous or ""
         for slot in state.slots:
-            if after < slot < latest.export_time:
+            if after < slot < latest.export_time:  # pragma: no mutate (the bounds hold a manifest: clean_folder)
                 removed += clean_folder(transport, join(prefix, SLOT_PREFIX + slot))
     return removed + finish_committed(transport, join(prefix, SLOT_PREFIX + latest.export_time), latest)
 
@@ -181,7 +185,7 @@ def clean_folder(transport: Transport, folder: str) -> int:
     """Delete every file of a folder that nothing committed (a killed or losing run's parts, temporary files); a
     folder that does hold a manifest is left alone."""
     keys = list(transport.list_keys(folder))
-    if any(k.rsplit("/", 1)[-1] == MANIFEST for k in keys):
+    if any(_name(k) == MANIFEST for k in keys):
         return 0
     transport.delete(keys)
     return len(keys)
@@ -192,16 +196,16 @@ def finish_committed(transport: Transport, folder: str, manifest: Manifest) -> i
     (a losing or killed attempt's). Returns how many files went."""
     keep = _MARKERS | set(manifest_paths(manifest))
     keys = list(transport.list_keys(folder))
-    garbage = [k for k in keys if k.rsplit("/", 1)[-1] not in keep]
+    garbage = [k for k in keys if _name(k) not in keep]
     transport.delete(garbage)
-    if not any(k.rsplit("/", 1)[-1] == SUCCESS for k in keys):
+    if not any(_name(k) == SUCCESS for k in keys):
         transport.put(join(folder, SUCCESS), b"")
     return len(garbage)
 
 
 def remove_attempt(transport: Transport, folder: str, run_id: str) -> int:
     """Delete this attempt's own files (parts and temporary files carry its run id) after it lost the commit."""
-    mine = [k for k in transport.list_keys(folder) if f"-{run_id}." in k.rsplit("/", 1)[-1]]
+    mine = [k for k in transport.list_keys(folder) if f"-{run_id}." in _name(k)]
     transport.delete(mine)
     return len(mine)
 
@@ -229,6 +233,11 @@ def check_owner(state: DatasetState, dataset_export: str, *, where: str) -> None
             f"{where}: the folder is already used by DatasetExport {state.latest.dataset_export!r}; "
             "give this export another folder or datasetId"
         )
+
+
+def _name(key: str) -> str:
+    """A key's last part: the file's name in its folder."""
+    return key.rpartition("/")[2]
 
 
 def _where(transport: Transport, key: str) -> str:

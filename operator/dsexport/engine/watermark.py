@@ -167,7 +167,7 @@ def _decode(value: Any, type_name: str) -> pa.Scalar | None:
         unit, _, tz = type_name[len("timestamp[") : -1].partition(", tz=")
         type_ = pa.timestamp(unit, tz=tz or None)
     elif type_name.startswith("decimal"):
-        precision, scale = (int(x) for x in type_name[type_name.index("(") + 1 : -1].split(","))
+        precision, scale = (int(x) for x in type_name.split("(")[1][:-1].split(","))
         type_ = pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
         return pa.scalar(decimal.Decimal(value), type=type_)
     if pa.types.is_temporal(type_):
