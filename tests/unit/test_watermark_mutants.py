@@ -22,8 +22,10 @@ LOOKBACK_NS = 15 * MINUTE_NS
 M = 1_796_083_200 * 10**9  # 2026-12-01T00:00:00Z
 
 
-def files_state(max_ns: int, recent: dict[str, int]) -> FilesState:
-    return FilesState(max_modified_ns=max_ns, max_modified=watermark._iso_ns(max_ns), recent=recent)
+def files_state(max_ns: int, recent: dict[str, int], since_ns: int | None = None) -> FilesState:
+    return FilesState(
+        max_modified_ns=max_ns, max_modified=watermark._iso_ns(max_ns), recent=recent, recent_since_ns=since_ns
+    )
 
 
 def test_the_files_watermark_and_range_are_shown_to_the_nanosecond() -> None:
@@ -52,7 +54,9 @@ def test_the_files_watermark_is_shown_in_utc_whatever_the_machines_zone(monkeypa
 def test_an_empty_first_listing_selects_nothing_from_the_epoch() -> None:
     chosen = watermark.select_files([], None, lookback_ns=LOOKBACK_NS)
     assert chosen.files == []
-    assert chosen.state == FilesState(max_modified_ns=0, max_modified="1970-01-01T00:00:00.000000000Z", recent={})
+    assert chosen.state == FilesState(
+        max_modified_ns=0, max_modified="1970-01-01T00:00:00.000000000Z", recent={}, recent_since_ns=-LOOKBACK_NS
+    )
     assert chosen.range == WatermarkRange(strategy="files", from_=None, to="1970-01-01T00:00:00.000000000Z")
 
 
@@ -61,7 +65,7 @@ def test_nothing_new_keeps_the_watermark_and_the_paths_inside_the_lookback() -> 
     chosen = watermark.select_files([SourceFile("newest", 1, M)], previous, lookback_ns=LOOKBACK_NS)
     assert chosen.files == []
     # The path exactly at the horizon can never be selected again (not younger than it), so it is forgotten.
-    assert chosen.state == files_state(M, {"inside": M - LOOKBACK_NS + 1, "newest": M})
+    assert chosen.state == files_state(M, {"inside": M - LOOKBACK_NS + 1, "newest": M}, M - LOOKBACK_NS)
     assert chosen.range.from_ == chosen.range.to == "2026-12-01T00:00:00.000000000Z"
 
 
