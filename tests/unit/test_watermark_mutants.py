@@ -156,3 +156,15 @@ def test_more_cursor_types_are_stored_exactly_and_read_back_as_themselves(value:
     resumed = watermark.column_cursor("c", on_the_wire).value
     assert resumed is not None
     assert (resumed.type, resumed) == (value.type, value)
+
+
+def test_a_raised_lookback_never_looks_below_what_the_latest_commit_remembers() -> None:
+    """Paths were remembered from ``recentSinceNs`` on: below it a file may have been exported, so after lookback
+    is raised the horizon stays there, and the window grows only as the watermark moves on."""
+    previous = files_state(M, {"a": M}, since_ns=M - 10)  # written with a lookback of 10 ns
+    assert watermark.horizon_ns(previous, lookback_ns=100) == M - 10
+    assert watermark.horizon_ns(previous, lookback_ns=5) == M - 5
+    listing = [SourceFile("a", 1, M), SourceFile("below", 1, M - 50), SourceFile("b", 1, M + 5)]
+    chosen = watermark.select_files(listing, previous, lookback_ns=100)
+    assert [f.path for f in chosen.files] == ["b"]
+    assert chosen.state == files_state(M + 5, {"a": M, "b": M + 5}, M - 10)
