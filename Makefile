@@ -93,7 +93,7 @@ bench-operator: $(VENV)/.stamp cluster-bin
 	$(PY) -m bench.operator
 
 # Mutation testing (docs/mutation.md), not part of make test: mutmut mutates the commit protocol, watermark, writers
-# and exporter modules (MUTATE=commit,watermark picks some) and runs the unit and local tests on each mutant, then
+# and exporter modules (MUTATE=commit,watermark picks some) and runs the unit tests on each mutant, then
 # prints the kill rate per module. mutmut wants the package at src/, so it runs in .mutation/, where src links to
 # operator/; its own virtualenv, since mutmut needs a newer click than runtime.txt pins.
 MUTATION_VENV ?= .venv-mutation
