@@ -20,7 +20,7 @@ from tests.unit.test_writers import PLAN, SCHEMA, batches, write
 from dsexport.api import Format
 from dsexport.destinations.filesystem import FilesystemTransport
 from dsexport.engine import writers
-from dsexport.errors import SourceError
+from dsexport.errors import SchemaError, SourceError
 
 
 def part_ids(path: Path) -> list[int]:
@@ -236,3 +236,16 @@ def test_parquet_parts_carry_column_statistics(tmp_path: Path) -> None:
     column = pq.ParquetFile(tmp_path / "slot" / part.path).metadata.row_group(0).column(0)
     assert column.compression == "ZSTD"
     assert column.statistics is not None and (column.statistics.min, column.statistics.max) == (0, 999)
+
+
+def test_each_format_refuses_only_what_it_cannot_hold_and_says_why_and_what_to_do() -> None:
+    """An empty struct is valid NDJSON (``{}``) but not Parquet; a month-day-nano interval is neither. The
+    check is the destination format's own, and its message names the column, the type, the reason and the fix."""
+    empty_struct = pa.schema([("ok", pa.int64()), ("empty", pa.struct([]))])
+    writers.check_schema(empty_struct, Format.model_validate({"type": "json"}))
+    with pytest.raises(SchemaError) as raised:
+        writers.check_schema(empty_struct, Format.model_validate({"type": "parquet"}))
+    message = str(raised.value)
+    assert message.startswith("column 'empty' has Arrow type struct<>, which Parquet cannot hold (")
+    assert "no child field" in message  # pyarrow's own reason
+    assert message.endswith("); leave the column out of the source")
