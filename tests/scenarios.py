@@ -74,17 +74,17 @@ def sigkill_rounds(
     env: Mapping[str, str] | None = None,
     folder: str = "out",
     rows_per_file: tuple[int, int] = (1_000, 15_000),
-) -> None:
+) -> Counter[str]:
     """Append data, run, SIGKILL at a random moment of its destination I/O, retry or move on, ..., then check.
 
     Each round may append files (``rows_per_file``: the fewest and most rows of one), then runs one to three
-    attempts, each killed ``uniform(0, 0.9 * window)`` seconds after its first destination operation, or half the
+    attempts, each killed ``uniform(0, window / 2)`` seconds after its first destination operation, or half the
     time after its first part began (``window``: ``io_seconds`` of a whole run, then of the run that ended the
     round before); after a kill the next attempt retries the slot, or half the time runs the next
     one, leaving the killed attempt's folder to be cleaned by others. Then a run finishes. After every attempt no
     row may be committed twice; at the end the committed rows must be exactly the source rows, and no uncommitted
-    file may remain. At least one kill must have landed after a part began (the kills at each named step are
-    ``protocol_kill_rounds``).
+    file may remain. Returns how many kills landed in each phase of the run (``tests.killpoints``), for the
+    caller to assert on; the kills at each named step are ``protocol_kill_rounds``'.
     """
     kills = 0
     phases: Counter[str] = Counter()
@@ -101,7 +101,7 @@ def sigkill_rounds(
         for _attempt in range(rng.randint(1, 3)):
             clock = rng.choice(["io", "write"])
             within = window.io if clock == "io" else window.write
-            landing = killed_run(flow, at, env, trace=trace, after_io=rng.uniform(0, within * 0.9), clock=clock)
+            landing = killed_run(flow, at, env, trace=trace, after_io=rng.uniform(0, within * 0.5), clock=clock)
             if landing["landed"] is not None:
                 kills += 1
                 phases[landing["phase"]] += 1
@@ -114,10 +114,10 @@ def sigkill_rounds(
 
     print(f"{kills} kills, by phase: {dict(phases)}")
     assert kills >= rounds // 2, f"only {kills} kills: the test did not exercise crashes"
-    assert phases["write"] + phases["commit"] + phases["clean"], f"no kill landed after a part began: {dict(phases)}"
     run_to_end(flow, at, env)  # a later slot: cleans what the last commit made garbage
     assert Counter(read_committed_ids(dest, folder=folder)) == Counter(source_ids(src))
     assert_only_committed_files(dest, folder=folder)
+    return phases
 
 
 # Kill points inside the commit protocol, in the order one history of runs meets them, each with what the next run

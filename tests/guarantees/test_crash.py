@@ -59,7 +59,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     cal = flow_yaml(tmp_path / "cal", source=src, dest=tmp_path / "cal-dest", fmt=fmt, max_records=max_records)
     window = io_seconds(cal, at, trace=tmp_path / "cal-trace")
 
-    sigkill_rounds(
+    phases = sigkill_rounds(
         flow=flow,
         src=src,
         dest=dest,
@@ -71,6 +71,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         trace=tmp_path / "trace",
         rows_per_file=rows,
     )
+    assert phases["write"] + phases["commit"] + phases["clean"], f"no kill landed after a part began: {phases}"
     if max_records is None:
         vias = Counter(f["via"] for m in committed(dest) for f in m["files"])
         assert vias["copy"] >= 4 and vias["encode"] >= 1, vias
