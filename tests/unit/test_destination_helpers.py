@@ -300,3 +300,27 @@ def test_a_local_folder_makes_written_parts_durable_before_the_next_put(
     events.clear()
     transport.put("out/events/exportTime=1/_SUCCESS", b"")  # nothing new before it: only its own folder
     assert events == ["fsync out/events/exportTime=1"]
+
+
+@pytest.mark.parametrize("create_only", [True, False])
+def test_a_local_folder_writes_a_small_file_again_when_a_cleaner_removed_its_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, create_only: bool
+) -> None:
+    """Two runs publishing one commit at once: one cleaning the folder may remove the other's temporary
+    ``_SUCCESS`` or manifest before its rename; the put is made again instead of failing the run."""
+    transport = FilesystemTransport(tmp_path, name=NAME)
+    name = "link" if create_only else "replace"
+    original = getattr(os, name)
+    removed: list[str] = []
+
+    def cleaner_first(src: str | Path, dst: str | Path) -> None:
+        if not removed:
+            removed.append(str(src))
+            Path(src).unlink()
+        original(src, dst)
+
+    monkeypatch.setattr(os, name, cleaner_first)
+    transport.put("slot/_SUCCESS", b"marker", create_only=create_only)
+    monkeypatch.undo()
+    assert removed and (tmp_path / "slot" / "_SUCCESS").read_bytes() == b"marker"
+    assert sorted(p.name for p in (tmp_path / "slot").iterdir()) == ["_SUCCESS"]

@@ -169,23 +169,40 @@ class FilesystemTransport(Transport):
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
         final = self._path(key)
         with self._errors():
+            self._sync_folders()  # what was written before is durable before this is
+        races = 0
+        while not self._put_once(key, final, data, create_only=create_only):
+            # Another run cleaning this folder removed the temporary file before its rename (a marker or manifest
+            # being published by two runs at once): write it again.
+            races += 1
+            if races == _FOLDER_RACES:
+                raise DestinationError(f"{self.name}: {key}: its temporary file kept being removed by another writer")
+
+    def _put_once(self, key: str, final: Path, data: bytes, *, create_only: bool) -> bool:
+        """False if the temporary file was gone before it could be renamed."""
+        with self._errors():
             temp, f = self._open_temp(final)
         try:
             with self._errors():
                 with f:
-                    self._sync_folders()  # what was written before is durable before this is
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                if create_only:
-                    # link() refuses an existing target atomically, which rename() would silently replace.
-                    try:
-                        os.link(temp, final)
-                    except FileExistsError:
-                        raise AlreadyExistsError(f"{self.name}: {key} already exists") from None
-                else:
-                    temp.replace(final)
+                try:
+                    if create_only:
+                        # link() refuses an existing target atomically, which rename() would silently replace.
+                        try:
+                            os.link(temp, final)
+                        except FileExistsError:
+                            raise AlreadyExistsError(f"{self.name}: {key} already exists") from None
+                    else:
+                        temp.replace(final)
+                except FileNotFoundError:
+                    if temp.exists():  # not ours that went: the folder, or something stranger
+                        raise
+                    return False
                 _fsync_dir(final.parent)
+                return True
         finally:
             with self._errors():
                 temp.unlink(missing_ok=True)
