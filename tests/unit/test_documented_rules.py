@@ -5,6 +5,7 @@ tests/local/test_documented_behaviour.py checks the same rules through whole exp
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 from typing import Any
 
@@ -91,7 +92,21 @@ VALUES: list[tuple[pa.Scalar, Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("value", "stored"), VALUES, ids=[str(v.type) for v, _ in VALUES])
+MORE_VALUES: list[tuple[pa.Scalar, Any]] = [  # the mutation tests' (docs/mutation.md)
+    (pa.scalar(decimal.Decimal("12345.67"), pa.decimal128(38, 2)), "12345.67"),
+    (pa.scalar(decimal.Decimal("-0.001"), pa.decimal128(5, 3)), "-0.001"),
+    (pa.scalar(decimal.Decimal("1" * 37 + ".25"), pa.decimal256(39, 2)), "1" * 37 + ".25"),
+    (pa.scalar(b"\x00\xffab", pa.binary()), "00ff6162"),
+    (pa.scalar(b"\x01", pa.large_binary()), "01"),
+    (pa.scalar(1.5, pa.float64()), 1.5),
+    (pa.scalar(True, pa.bool_()), True),
+    (pa.scalar(86_399_999, pa.int32()).cast(pa.time32("ms")), 86_399_999),
+    (pa.scalar(86_399_999_999, pa.int64()).cast(pa.time64("us")), 86_399_999_999),
+    (pa.scalar(3_600, pa.int64()).cast(pa.duration("s")), 3_600),
+]
+
+
+@pytest.mark.parametrize(("value", "stored"), VALUES + MORE_VALUES, ids=[str(v.type) for v, _ in VALUES + MORE_VALUES])
 def test_every_cursor_type_is_stored_exactly_and_read_back_as_itself(value: pa.Scalar, stored: Any) -> None:
     """design.md: "The value is stored exactly (timestamps as integers in their unit)", through the manifest's
     JSON and back, with its type (unit and zone included)."""

@@ -4,7 +4,6 @@ booleans), and the cursor's errors and running maximum."""
 
 from __future__ import annotations
 
-import decimal
 import json
 import time
 from typing import Any
@@ -132,30 +131,6 @@ def test_the_running_maximum_skips_batches_without_a_value() -> None:
     assert watermark.scan_max(batch([None]), "c", found) == found
     assert watermark.scan_max(batch([4]), "c", found) == found
     assert watermark.scan_max(batch([6]), "c", found) == pa.scalar(6, pa.int64())
-
-
-VALUES: list[tuple[pa.Scalar, Any]] = [
-    (pa.scalar(decimal.Decimal("12345.67"), pa.decimal128(38, 2)), "12345.67"),
-    (pa.scalar(decimal.Decimal("-0.001"), pa.decimal128(5, 3)), "-0.001"),
-    (pa.scalar(decimal.Decimal("1" * 37 + ".25"), pa.decimal256(39, 2)), "1" * 37 + ".25"),
-    (pa.scalar(b"\x00\xffab", pa.binary()), "00ff6162"),
-    (pa.scalar(b"\x01", pa.large_binary()), "01"),
-    (pa.scalar(1.5, pa.float64()), 1.5),
-    (pa.scalar(True, pa.bool_()), True),
-    (pa.scalar(86_399_999, pa.int32()).cast(pa.time32("ms")), 86_399_999),
-    (pa.scalar(86_399_999_999, pa.int64()).cast(pa.time64("us")), 86_399_999_999),
-    (pa.scalar(3_600, pa.int64()).cast(pa.duration("s")), 3_600),
-]
-
-
-@pytest.mark.parametrize(("value", "stored"), VALUES, ids=[str(v.type) for v, _ in VALUES])
-def test_more_cursor_types_are_stored_exactly_and_read_back_as_themselves(value: pa.Scalar, stored: Any) -> None:
-    committed = watermark.column_state(watermark.ColumnCursor("c", None), value)
-    assert (committed.type, committed.value) == (str(value.type), stored)
-    on_the_wire = ColumnState.model_validate(json.loads(json.dumps(committed.to_json_dict())))
-    resumed = watermark.column_cursor("c", on_the_wire).value
-    assert resumed is not None
-    assert (resumed.type, resumed) == (value.type, value)
 
 
 def test_a_raised_lookback_never_looks_below_what_the_latest_commit_remembers() -> None:
