@@ -151,7 +151,7 @@ def shaken(monkeypatch: pytest.MonkeyPatch) -> SwappedPairs:
     monkeypatch.setattr(jsonenc, "ndjson_chunks", swapped.wrap(jsonenc.ndjson_chunks))
     # The last piece of a pair waits for no second one: the workers are told when no more pieces come.
     ranges, slices = writers._Parquet._ranges, writers._Json._slices
-    monkeypatch.setattr(writers._Parquet, "_ranges", staticmethod(lambda *a, **k: swapped.ending(ranges(*a, **k))))
+    monkeypatch.setattr(writers._Parquet, "_ranges", lambda self, *a, **k: swapped.ending(ranges(self, *a, **k)))
     monkeypatch.setattr(writers._Json, "_slices", staticmethod(lambda *a, **k: swapped.ending(slices(*a, **k))))
     return swapped
 

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from dsexport import api
 from dsexport.destinations import Transport, join
 from dsexport.destinations.base import Writable
-from dsexport.engine import jsonenc, memory, rowgroups
+from dsexport.engine import dictionary, jsonenc, memory, rowgroups
 from dsexport.engine.prefetch import ordered_map
 from dsexport.engine.sink import WriteBehindSink
 from dsexport.errors import SchemaError, SourceError
@@ -209,11 +209,14 @@ class _Parquet:
         self.schema = schema
         self.compression = compression
         self.plan = plan
+        # Set from the first row group, before any is encoded (``dictionary``): then never changed.
+        self._dictionary: list[str] | bool = True
         self.footer = rowgroups.template(self._new_writer, schema)
         self._schemas: dict[tuple[int, int], pa.Schema] = {}
+        self._paths = [column.path for column in _file_schema(schema, compression)]
 
     def _new_writer(self, out: pa.BufferOutputStream, schema: pa.Schema) -> pq.ParquetWriter:
-        return _parquet_writer(out, schema, self.compression)
+        return _parquet_writer(out, schema, self.compression, dictionary=self._dictionary)
 
     def encoded(self, batches: Iterable[tuple[pa.RecordBatch, bool]]) -> Generator[_Encoded[_RowGroup]]:
         groups = _row_groups(batches, most_bytes=self.plan.row_group_bytes)
@@ -231,11 +234,13 @@ class _Parquet:
                     yield _Encoded(group.table.num_rows, group, batch_end=True)
                     del group
 
-    @staticmethod
-    def _ranges(tables: Iterable[pa.Table], per_row_group: int) -> Iterator[_Range]:
+    def _ranges(self, tables: Iterable[pa.Table], per_row_group: int) -> Iterator[_Range]:
         """Each row group cut into column ranges of about equal size (``RANGES_PER_WORKER`` per thread): the threads
-        share a row group, which stays whole in memory, instead of each holding one of their own."""
-        for table in tables:
+        share a row group, which stays whole in memory, instead of each holding one of their own. The first row
+        group chooses the columns with a dictionary, before any is encoded."""
+        for n, table in enumerate(tables):
+            if n == 0:
+                self._dictionary = dictionary.dictionary_columns(table, self._paths)
             ranges = rowgroups.column_ranges(table, per_row_group)
             for i, (start, stop) in enumerate(ranges):
                 yield _Range(table, start, stop, last=i == len(ranges) - 1)
@@ -325,9 +330,12 @@ class _ParquetFile:
         self.assembler.close()
 
 
-def _parquet_writer(sink: pa.NativeFile | io.RawIOBase, schema: pa.Schema, compression: str) -> pq.ParquetWriter:
-    """The one place the Parquet writer's options are set: ``parquet_file_schema`` must see the same ones."""
-    return pq.ParquetWriter(sink, schema, compression=compression, write_statistics=True)
+def _parquet_writer(
+    sink: pa.NativeFile | io.RawIOBase, schema: pa.Schema, compression: str, *, dictionary: list[str] | bool = True
+) -> pq.ParquetWriter:
+    """The one place the Parquet writer's options are set: ``parquet_file_schema`` must see the same ones (the
+    columns with a dictionary change how values are encoded, not the schema)."""
+    return pq.ParquetWriter(sink, schema, compression=compression, write_statistics=True, use_dictionary=dictionary)
 
 
 def parquet_file_schema(schema: pa.Schema, fmt: api.Format) -> pq.ParquetSchema:
@@ -337,8 +345,12 @@ def parquet_file_schema(schema: pa.Schema, fmt: api.Format) -> pq.ParquetSchema:
     do not (INT96 timestamps, decimals stored as integers, legacy list layouts) reads back the same in Arrow,
     yet differs for other readers from the parts the encoder writes, so it is re-encoded instead.
     """
+    return _file_schema(schema, fmt.effective_compression)
+
+
+def _file_schema(schema: pa.Schema, compression: str) -> pq.ParquetSchema:
     buffer = pa.BufferOutputStream()
-    _parquet_writer(buffer, schema, fmt.effective_compression).close()
+    _parquet_writer(buffer, schema, compression).close()
     return pq.read_metadata(pa.BufferReader(buffer.getvalue())).schema
 
 
