@@ -164,6 +164,11 @@ def load_secret_folders(folders: Iterable[str | Path]) -> dict[str, dict[str, st
     return secrets
 
 
+# LibYAML's parser where PyYAML was built with it (its wheels are), the same safe constructor on top: about ten
+# times faster than the pure-Python parser, which took 6 ms of a 130 ms byte-copy run of the bench's flow file.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_files(paths: Iterable[str | Path], *, secret_folders: Iterable[str | Path] = ()) -> Bundle:
     """Read multi-document YAML files; ``-`` is not supported on purpose: runs must be reproducible.
 
@@ -177,7 +182,7 @@ def load_files(paths: Iterable[str | Path], *, secret_folders: Iterable[str | Pa
         except OSError as e:
             raise ManifestError(f"{p}: cannot read: {e.strerror}") from e
         try:
-            docs.extend((f"{p}#{i + 1}", d) for i, d in enumerate(yaml.safe_load_all(text)))
+            docs.extend((f"{p}#{i + 1}", d) for i, d in enumerate(yaml.load_all(text, Loader=_SAFE_LOADER)))
         except yaml.YAMLError as e:
             raise ManifestError(f"{p}: not valid YAML: {e}") from e
     return parse_documents(docs, secrets=secrets)
