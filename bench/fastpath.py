@@ -197,8 +197,9 @@ def add_timings(results: Results, timings: dict[str, Timing], source_mib: float)
             f"**Fast path vs plain copy ({over_copy:.2f}x of medians, best {over_copy_best:.2f}x; target "
             f"{MAX_COPY_RATIO:.1f}x).** {cpu} The copy is in-kernel and neither hashes, renames nor commits; the "
             "fast path hashes every byte (the manifest's sha256) on hash threads while the parts are written, "
-            "two at a time, and adds a whole run's fixed work (YAML, the destination's state, the listing, every "
-            "file's footer read twice: once by the dataset, once by the fast path's checks; the manifest)."
+            "several at a time, and adds a whole run's fixed work (YAML, the destination's state, the listing, every "
+            "file's footer read twice: once by the dataset, once by the fast path's checks, the latter while the "
+            "first files are copied; the manifest)."
         )
 
 
@@ -305,7 +306,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--rows", type=int, help="rows of source data (default 2,000,000)")
     p.add_argument("--rows-per-file", type=int, help="rows per source file (default 100,000)")
-    p.add_argument("--reps", type=int, help="repetitions of each contestant (default 5; at least 3)")
+    p.add_argument("--reps", type=int, help="repetitions of each contestant (default 9; at least 3)")
     p.add_argument("--rss-reps", type=int, default=1, help="fresh CLI children for the peak RSS")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not representative")
     p.add_argument("--data-dir", type=Path, help="keep generated sources here and reuse them (e.g. bench/.data)")
@@ -315,7 +316,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     defaults = (
         {"rows": 400_000, "rows_per_file": 40_000, "reps": 3}
         if args.quick
-        else {"rows": 2_000_000, "rows_per_file": 100_000, "reps": 5}
+        else {"rows": 2_000_000, "rows_per_file": 100_000, "reps": 9}
     )
     for name, value in defaults.items():
         if getattr(args, name) is None:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -306,15 +307,15 @@ def test_a_file_read_in_many_chunks_is_copied_whole(tmp_path: Path, monkeypatch:
 
 
 def _after_planning(monkeypatch: pytest.MonkeyPatch, change: Any) -> None:
-    """Run ``change`` once the fast path has checked the files, before it copies them."""
-    plan = bytecopy.plan
+    """Run ``change`` once the fast path has checked every file, before it copies the first."""
+    copies = bytecopy.Plan.copies
 
-    def plan_then_change(*args: Any, **kwargs: Any) -> bytecopy.Plan:
-        planned = plan(*args, **kwargs)
+    def checked_then_change(self: bytecopy.Plan) -> Iterator[bytecopy.CopyFile]:
+        checked = list(copies(self))
         change()
-        return planned
+        yield from checked
 
-    monkeypatch.setattr(bytecopy, "plan", plan_then_change)
+    monkeypatch.setattr(bytecopy.Plan, "copies", checked_then_change)
 
 
 def test_a_file_replaced_after_it_was_checked_fails_the_run_transiently(

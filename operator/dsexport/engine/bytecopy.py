@@ -28,9 +28,9 @@ import mmap
 import queue
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import pyarrow as pa
@@ -70,58 +70,80 @@ class CopyFile:
     records: int
 
 
-@dataclass(frozen=True)
 class Plan:
-    """Which files are copied, and the dataset of the others, to re-encode (None when there are none)."""
+    """Which files are copied, decided file by file as the copies start (``copies``), and the dataset of the
+    others, to re-encode (``encode``, once every file is decided).
 
-    copy: list[CopyFile]
-    encode: pads.Dataset | None
-    encode_files: int
-    # Why files are re-encoded, by reason, for the write phase's log line.
-    reasons: Counter[str] = field(default_factory=Counter)
+    Deciding as the copying goes lets the first copies start while later footers are read, instead of after every
+    footer (about 4 ms of a 115 ms byte-copy run on the bench data).
+    """
+
+    def __init__(
+        self,
+        dataset: pads.Dataset,
+        files: Sequence[SourceFile],
+        *,
+        root: str,
+        fmt: api.Format,
+        source_format: api.SourceFormat,
+        rows_filtered: bool,
+    ) -> None:
+        self._dataset = dataset
+        self._files = files
+        self._root = root
+        self._fmt = fmt
+        self._refusal = _run_refusal(dataset, fmt=fmt, source_format=source_format, rows_filtered=rows_filtered)
+        self._others: list[pads.Fragment] = []
+        self._copied = 0
+        self._decided = False
+        # Why files are re-encoded, by reason, for the write phase's log line.
+        self.reasons: Counter[str] = Counter()
+
+    def copies(self) -> Iterator[CopyFile]:
+        """The files to copy, in order, each decided from its listing and its footer as it is taken. The footer
+        is read through a fragment of its own, so the dataset does not keep every file's metadata for the rest of
+        the run."""
+        if self._refusal is not None:
+            self.reasons[self._refusal] += len(self._files)
+            self._decided = True
+            return
+        dataset = self._dataset
+        assert isinstance(dataset, pads.FileSystemDataset)  # _run_refusal
+        expected = writers.parquet_file_schema(dataset.schema, self._fmt)
+        listed = {f"{self._root}/{f.path}": f for f in self._files}
+        for fragment in dataset.get_fragments():
+            source = listed.get(fragment.path)
+            # A fragment that matches no listed file is not one this module can reason about: the encoder reads it.
+            verdict = (
+                "unlisted"
+                if source is None
+                else _verdict(dataset, fragment.path, source, expected=expected, fmt=self._fmt)
+            )
+            if isinstance(verdict, str):
+                self._others.append(fragment)
+                self.reasons[verdict] += 1
+            else:
+                assert source is not None
+                self._copied += 1
+                yield CopyFile(fragment.path, source, verdict)
+        self._decided = True
+
+    @property
+    def encode(self) -> pads.Dataset | None:
+        """The files not copied, as one dataset (None when there are none), once ``copies`` has taken every file."""
+        if not self._decided:
+            raise RuntimeError("the files to re-encode are known once every file to copy has been taken")
+        if not self._copied:
+            return self._dataset
+        if not self._others:
+            return None
+        dataset = self._dataset
+        assert isinstance(dataset, pads.FileSystemDataset)
+        return pads.FileSystemDataset(self._others, dataset.schema, dataset.format, dataset.filesystem)
 
     def log_fields(self) -> dict[str, object]:
         reasons = ",".join(f"{k}:{n}" for k, n in sorted(self.reasons.items()))
-        return {"copiedFiles": len(self.copy), "encodedFiles": self.encode_files, "encodeReasons": reasons}
-
-
-def plan(
-    dataset: pads.Dataset,
-    files: Sequence[SourceFile],
-    *,
-    root: str,
-    fmt: api.Format,
-    source_format: api.SourceFormat,
-    rows_filtered: bool,
-) -> Plan:
-    """Split the selected ``files`` (listed under ``root``, read as ``dataset``) into copies and the rest.
-
-    Every file is decided from its listing and its footer, before anything is written; the footer is read through
-    a fragment of its own, so the dataset does not keep every file's metadata for the rest of the run.
-    """
-    refusal = _run_refusal(dataset, fmt=fmt, source_format=source_format, rows_filtered=rows_filtered)
-    if refusal is not None:
-        return Plan([], dataset, len(files), Counter({refusal: len(files)}))
-    assert isinstance(dataset, pads.FileSystemDataset)  # _run_refusal
-    expected = writers.parquet_file_schema(dataset.schema, fmt)
-    listed = {f"{root}/{f.path}": f for f in files}
-    copies: list[CopyFile] = []
-    others: list[pads.Fragment] = []
-    reasons: Counter[str] = Counter()
-    for fragment in dataset.get_fragments():
-        source = listed.get(fragment.path)
-        # A fragment that matches no listed file is not one this module can reason about: the encoder reads it.
-        verdict = "unlisted" if source is None else _verdict(dataset, fragment.path, source, expected=expected, fmt=fmt)
-        if isinstance(verdict, str):
-            others.append(fragment)
-            reasons[verdict] += 1
-        else:
-            assert source is not None
-            copies.append(CopyFile(fragment.path, source, verdict))
-    if not copies:
-        return Plan([], dataset, len(others), reasons)
-    rest = pads.FileSystemDataset(others, dataset.schema, dataset.format, dataset.filesystem) if others else None
-    return Plan(copies, rest, len(others), reasons)
+        return {"copiedFiles": self._copied, "encodedFiles": sum(self.reasons.values()), "encodeReasons": reasons}
 
 
 def _run_refusal(
@@ -190,7 +212,7 @@ def _all_chunks_use(metadata: pq.FileMetaData, codec: str) -> bool:
 
 
 def copy_parts(
-    copies: Sequence[CopyFile],
+    copies: Iterable[CopyFile],
     *,
     dataset: pads.Dataset,
     fmt: api.Format,
@@ -200,7 +222,8 @@ def copy_parts(
     on_records: Callable[[int], None] | None = None,
     stored: Callable[[SourceFile], StoredObject | None] = lambda _: None,
 ) -> list[PartFile]:
-    """Each file of ``copies`` into a part of its own, numbered from 0 in order.
+    """Each file of ``copies`` into a part of its own, numbered from 0 in order; the next file is taken from
+    ``copies`` when a copy can start.
 
     For each file a reader thread reads it (from ``dataset``'s filesystem, local or an object store) in
     ``COPY_CHUNK`` chunks, a hash thread hashes them and the copying thread writes them through the transport, so
@@ -216,8 +239,7 @@ def copy_parts(
     assert isinstance(dataset, pads.FileSystemDataset)
     filesystem = dataset.filesystem
 
-    def copy(index: int) -> PartFile:
-        item = copies[index]
+    def copy(index: int, item: CopyFile) -> PartFile:
         name = writers.part_name(index, run_id, fmt)
         source = stored(item.listed)
         done = None if source is None else transport.server_copy(source, join(folder, name))
@@ -236,21 +258,22 @@ def copy_parts(
                 name=name,
             )
 
-    workers = max(1, min(transport.parallel_writes, len(copies)))
+    workers = max(1, transport.parallel_writes)
     parts: list[PartFile] = []
+    # Threads start with the first copy: a run that copies nothing starts none.
     with ThreadPoolExecutor(workers, thread_name_prefix="dsexport-copy") as pool:
-        in_flight: deque[Future[PartFile]] = deque()
+        in_flight: deque[tuple[Future[PartFile], CopyFile]] = deque()
         try:
-            for index in range(len(copies)):
+            for index, item in enumerate(copies):
                 if len(in_flight) == workers:
-                    parts.append(_done(in_flight.popleft(), copies[len(parts)], on_records))
-                in_flight.append(pool.submit(copy, index))
+                    parts.append(_done(*in_flight.popleft(), on_records))
+                in_flight.append((pool.submit(copy, index, item), item))
             while in_flight:
-                parts.append(_done(in_flight.popleft(), copies[len(parts)], on_records))
+                parts.append(_done(*in_flight.popleft(), on_records))
         finally:
-            for future in in_flight:  # after a failure: let the parts under way finish, start no other
+            for future, _ in in_flight:  # after a failure: let the parts under way finish, start no other
                 future.cancel()
-            wait(in_flight)
+            wait([future for future, _ in in_flight])
     return parts
 
 

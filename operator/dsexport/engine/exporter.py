@@ -363,7 +363,7 @@ def write(
     cursor = selection.cursor
     fmt = request.destination.spec.format
     writers.check_schema(schema, fmt)  # before anything is written
-    plan = bytecopy.plan(
+    plan = bytecopy.Plan(
         dataset,
         selection.files,
         root=selection.source.root,
@@ -372,7 +372,7 @@ def write(
         rows_filtered=cursor is not None,
     )
     parts = bytecopy.copy_parts(
-        plan.copy,
+        plan.copies(),
         dataset=dataset,
         fmt=fmt,
         transport=transport,
