@@ -1,11 +1,14 @@
 """What the gcs backend does beyond the transport contract, against fake-gcs-server: resumable streaming, service
-account keys (taken, used, never shown), the missing bucket message, and a whole export from a gs:// source to
-GCS. The contract itself (round trips, create-only, retries, ...) is test_transport.py's."""
+account keys (taken, used, never shown), the missing bucket message, a whole export from a gs:// source to GCS,
+and the byte copy of such a source inside the store (a rewrite). The contract itself (round trips, create-only,
+retries, ...) is test_transport.py's."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -14,8 +17,10 @@ from typing import Any
 
 import google.auth.transport
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from examples import sample
 from tests.destinations.conftest import Connect
 from tests.destinations.contract import (
     OPERATIONS,
@@ -26,13 +31,13 @@ from tests.destinations.contract import (
     refused,
     write,
 )
-from tests.helpers import flow_yaml
+from tests.helpers import START, committed, flow_yaml
 from tests.servers import Target, fakegcs, free_port
 from tests.servers.httpproxy import CountingProxy, Reply, Seen
 
 from dsexport.api import loader
-from dsexport.cli import local
-from dsexport.destinations import gcs
+from dsexport.cli import local, main
+from dsexport.destinations import StoredObject, gcs
 
 pytestmark = pytest.mark.parametrize("target", ["gcs"], indirect=True)
 
@@ -247,3 +252,87 @@ def test_gs_source_exports_to_gcs_locally(
         return result.outcome, result.records, result.files, result.message
 
     export_from_the_store(transport, folder, tmp_path, seed=7, run=run)
+
+
+def _stored(target: Target, key: str, size: int) -> StoredObject:
+    return StoredObject("gs", target.block["endpoint"], fakegcs.BUCKET, key, size, None)
+
+
+@pytest.mark.parametrize(
+    ("same_store", "via"),
+    [(True, "server-copy"), (False, "copy")],
+    ids=["same-store-and-identity", "another-endpoint"],
+)
+def test_gs_source_files_are_copied_byte_for_byte(
+    target: Target,
+    transport: gcs.GcsTransport,
+    tmp_path: Path,
+    folder: str,
+    monkeypatch: pytest.MonkeyPatch,
+    same_store: bool,
+    via: str,
+) -> None:
+    """From a gs:// source the byte copy makes the parts the source objects, byte for byte: inside the store (a
+    rewrite: no data byte through the exporter) when the source is in the destination's store and both are read
+    by the pod's own identity, else streamed through it (here: the same server under another name, which the
+    exporter cannot tell is the same)."""
+    quiet_sdk(monkeypatch)
+    lake = tmp_path / "lake"
+    sample.write_files(lake, files=2, rows_per_file=20_000, seed=11, start=START)  # above 1 MiB each: copied
+    for f in sorted(lake.glob("*.parquet")):
+        transport.put(f"{folder}/lake/events/{f.name}", f.read_bytes())
+    host = target.block["endpoint"].removeprefix("http://")
+    if not same_store:
+        host = host.replace("127.0.0.1", "localhost")
+    flow = flow_yaml(
+        tmp_path,
+        source=f"gs://{fakegcs.BUCKET}/{folder}/lake/events?endpoint_override={host}",
+        destination=target.destination_spec(),
+        folder=f"{folder}/out",
+    )
+    result = CliRunner().invoke(main, ["run", "-f", str(flow), "--at", "2026-12-01T10:00:00Z", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    [manifest] = committed(transport, folder=f"{folder}/out")
+    slot = f"{folder}/out/events/exportTime={manifest['exportTime']}"
+    for entry, source in zip(manifest["files"], sorted(lake.glob("*.parquet")), strict=True):
+        data = source.read_bytes()
+        assert (entry["via"], entry["source"], entry["bytes"]) == (via, source.name, len(data))
+        assert transport.get(f"{slot}/{entry['path']}") == data
+        if via == "copy":
+            assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        else:  # the store computes MD5 and CRC32C, not SHA-256; its entity tag names the object's generation
+            assert entry["sha256"] is None
+            assert entry["etag"]
+
+
+def test_a_rewrite_sends_no_data_byte_and_gives_the_stores_size_and_tag(
+    transport: gcs.GcsTransport, target: Target, folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quiet_sdk(monkeypatch)
+    data = os.urandom(3 << 20)
+    transport.put(f"{folder}/src.bin", data)
+    requests_ = sent(transport, monkeypatch)
+    done = transport.server_copy(_stored(target, f"{folder}/src.bin", len(data)), f"{folder}/dst.bin")
+    assert done is not None and (done.bytes, done.sha256) == (len(data), None)
+    assert [method for method, url in requests_] == ["POST"] and "/rewriteTo/" in requests_[0][1]
+    assert transport.get(f"{folder}/dst.bin") == data
+
+
+def test_a_copy_inside_the_store_is_left_to_the_stream_when_it_cannot_be_made(
+    transport: gcs.GcsTransport, target: Target, folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another endpoint, store or identity: not tried (the destination's identity may not read the source); a
+    source the store does not have: None too, and the stream that follows reports it as the source's problem."""
+    quiet_sdk(monkeypatch)
+    here = _stored(target, f"{folder}/x", 1)
+    requests_ = sent(transport, monkeypatch)
+    for elsewhere in (
+        dataclasses.replace(here, endpoint="http://127.0.0.2:1"),
+        dataclasses.replace(here, scheme="s3"),
+        dataclasses.replace(here, identity="AKIA-someone"),
+    ):
+        assert transport.server_copy(elsewhere, f"{folder}/y") is None
+    assert requests_ == []
+    assert transport.server_copy(_stored(target, f"{folder}/missing", 1), f"{folder}/y") is None
+    assert len(requests_) == 1  # tried once: a missing source is not worth a retry
+    assert not transport.exists(f"{folder}/y")

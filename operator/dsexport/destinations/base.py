@@ -38,7 +38,7 @@ class StoredObject:
     """A source file that is an object in a store, named the way the store names it: what a copy inside the store
     needs to know, and to decide whether it may (same store, same identity)."""
 
-    scheme: str  # "s3"
+    scheme: str  # "s3" or "gs"
     endpoint: str | None  # e.g. "http://127.0.0.1:8333"; None: the provider's own
     bucket: str
     key: str

@@ -29,7 +29,16 @@ from google.oauth2 import service_account
 
 from dsexport import api
 from dsexport.destinations import retry
-from dsexport.destinations.base import AlreadyExistsError, DestinationError, Transport, Writable, folder_prefix, join
+from dsexport.destinations.base import (
+    AlreadyExistsError,
+    DestinationError,
+    ServerCopy,
+    StoredObject,
+    Transport,
+    Writable,
+    folder_prefix,
+    join,
+)
 
 T = TypeVar("T")
 
@@ -235,6 +244,42 @@ class GcsTransport(Transport):
     def _delete(self, key: str) -> None:
         with contextlib.suppress(api_errors.NotFound):  # a previous cleanup got there first
             self._bucket.delete_blob(key, retry=None, timeout=TIMEOUT)
+
+    def _same_store(self, source: StoredObject) -> bool:
+        """Whether this client can copy ``source`` inside the store: the same endpoint (or both Google's own), and
+        the same identity: gs:// sources are read by the pod's own (``identity`` None), so this destination must
+        use it too, not a Secret's service account, which may not read the source."""
+        here = (self._block.endpoint or "").rstrip("/").lower() or None
+        there = (source.endpoint or "").rstrip("/").lower() or None
+        return source.scheme == "gs" and here == there and source.identity is None and not self._from_secret
+
+    def server_copy(self, source: StoredObject, key: str) -> ServerCopy | None:
+        """A rewrite (``objects.rewrite``): the store copies the object, in as many calls as it takes for large
+        ones or across locations and storage classes; the target appears only when the last call completes."""
+        if not self._same_store(source):
+            return None
+        target = self._bucket.blob(key)
+        origin = self._client.bucket(source.bucket).blob(source.key)
+
+        def rewrite() -> None:
+            token = None
+            while True:
+                token, _, _ = target.rewrite(origin, token=token, retry=None, timeout=TIMEOUT)
+                if token is None:
+                    return
+
+        try:
+            retry.call(rewrite, transient=_transient)
+        except _SDK_ERRORS as e:
+            if _transient(e):
+                raise self._error(f"copy gs://{source.bucket}/{source.key} to {self._url(key)}", e) from None
+            # Not readable by this identity, gone, or a store without the operation: the byte stream reads it
+            # the way the source is configured, and reports whatever is really wrong.
+            return None
+        if target.size is None or target.etag is None:
+            raise DestinationError(f"{self.name}: copy to {self._url(key)}: the store's reply has no size or etag")
+        # The store computes MD5 and CRC32C, not SHA-256.
+        return ServerCopy(bytes=int(target.size), etag=str(target.etag), sha256=None)
 
     def close(self) -> None:
         self._client.close()

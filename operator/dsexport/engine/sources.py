@@ -104,17 +104,19 @@ class Source:
         self._identity = (credentials or {}).get("accessKeyId") or None
 
     def stored_object(self, file: SourceFile) -> StoredObject | None:
-        """``file`` as its object store names it, for a copy inside the store; None for a local file (and for
-        stores without such a copy yet)."""
+        """``file`` as its object store names it, for a copy inside the store; None for a local file. A gs://
+        source is read by the pod's own identity (``identity`` None), an s3:// one by its Secret's key if any."""
         parts = urlsplit(self.spec.uri)
-        if parts.scheme != "s3":
+        if parts.scheme not in ("s3", "gs"):
             return None
         where = _query(parts.query, "endpoint_override", "scheme")
         host = where.get("endpoint_override")
-        endpoint = f"{where.get('scheme', 'https')}://{host}" if host else None
+        # An emulator behind endpoint_override is reached over http by gs:// sources (``_gcs``), https by s3://.
+        default_scheme = "http" if parts.scheme == "gs" else "https"
+        endpoint = f"{where.get('scheme', default_scheme)}://{host}" if host else None
         bucket, _, prefix = self.root.partition("/")
         key = f"{prefix}/{file.path}" if prefix else file.path
-        return StoredObject("s3", endpoint, bucket, key, file.size, self._identity)
+        return StoredObject(parts.scheme, endpoint, bucket, key, file.size, self._identity)
 
     def list_files(self, newer_than_ns: int | None = None) -> list[SourceFile]:
         """Data files under the root, recursively, oldest first; hidden and ``_``-prefixed names (markers, temp
