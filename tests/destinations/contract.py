@@ -16,10 +16,12 @@ import pytest
 import requests
 from azure.core.exceptions import ServiceResponseError
 from azure.storage.blob import BlobClient
+from click.testing import CliRunner
 from examples import sample
 from google.cloud import storage  # type: ignore[import-untyped]
-from tests.helpers import START, assert_only_committed_files, committed, read_committed_ids, source_ids
+from tests.helpers import START, assert_only_committed_files, committed, flow_yaml, read_committed_ids, source_ids
 
+from dsexport.cli import main
 from dsexport.destinations import DestinationError, Transport, retry
 from dsexport.destinations.azure import AzureBlobTransport
 from dsexport.destinations.gcs import GcsTransport
@@ -195,3 +197,28 @@ def export_from_the_store(
     assert [m["records"] for m in committed(transport, folder=out)] == [4_500, 700]
     assert sorted(read_committed_ids(transport, folder=out)) == sorted(source_ids(lake))
     assert_only_committed_files(transport, folder=out)
+
+
+def copied_from_the_store(
+    transport: Transport, tmp_path: Path, folder: str, *, source: str, **flow: Any
+) -> list[tuple[dict[str, Any], bytes]]:
+    """Two Parquet files (above the byte copy's smallest) put into the store under ``folder/lake/events``, exported
+    by the CLI from ``source`` (their URI, as the test makes it) into ``folder/out`` of ``transport``: each
+    manifest entry with its source file's bytes, which its part is, byte for byte, and whose size it records."""
+    lake = tmp_path / "lake"
+    sample.write_files(lake, files=2, rows_per_file=20_000, seed=11, start=START)  # above 1 MiB each: copied
+    files = sorted(lake.glob("*.parquet"))
+    for f in files:
+        transport.put(f"{folder}/lake/events/{f.name}", f.read_bytes())
+    run = flow_yaml(tmp_path, source=source, folder=f"{folder}/out", **flow)
+    result = CliRunner().invoke(main, ["run", "-f", str(run), "--at", "2026-12-01T10:00:00Z", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    [manifest] = committed(transport, folder=f"{folder}/out")
+    slot = f"{folder}/out/events/exportTime={manifest['exportTime']}"
+    pairs = []
+    for entry, f in zip(manifest["files"], files, strict=True):
+        data = f.read_bytes()
+        assert (entry["source"], entry["bytes"]) == (f.name, len(data))
+        assert transport.get(f"{slot}/{entry['path']}") == data
+        pairs.append((entry, data))
+    return pairs
