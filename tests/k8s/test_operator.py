@@ -27,6 +27,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 from tests.cluster.cluster import Cluster
+from tests.cluster.node import CGROUPS
 from tests.helpers import START, assert_only_committed_files, committed, read_committed_ids
 from tests.k8s.conftest import create_namespace
 from tests.servers import SECRET_NAME, ProcessServer, Target, free_port, seaweed, wait_until
@@ -99,10 +100,12 @@ def _s3(target: Target) -> Any:
     )
 
 
-def _upload_lake(target: Target, tmp_path: Path, prefix: str, *, files: int, offset: int = 0) -> list[int]:
+def _upload_lake(
+    target: Target, tmp_path: Path, prefix: str, *, files: int, offset: int = 0, rows: int = ROWS_PER_FILE
+) -> list[int]:
     """Source files under s3://BUCKET/PREFIX; returns their ids."""
     local = tmp_path / f"lake-{offset}"
-    sample.write_files(local, files=files, rows_per_file=ROWS_PER_FILE, seed=offset + 3, start=START, id_offset=offset)
+    sample.write_files(local, files=files, rows_per_file=rows, seed=offset + 3, start=START, id_offset=offset)
     s3 = _s3(target)
     ids: list[int] = []
     for path in sorted(local.glob("*.parquet")):
@@ -745,3 +748,69 @@ def test_a_missing_secret_fails_the_run_at_once_and_says_which(
         operator,
     )
     assert sorted(read_committed_ids(store.transport(), "events", f"exports/{namespace}")) == sorted(ids)
+
+
+def _squeeze(cluster: Cluster, pod: Any) -> bool:
+    """Lower the memory limit of ``pod``'s container, in its cgroup on the node, to a few MiB above what its
+    processes hold: the exporter's next allocations exceed it and the kernel kills it, as it kills an exporter that
+    outgrows its budget. The test made this cgroup (below its own): nothing else is touched. False if the container
+    is not there (not started yet, or gone)."""
+    assert cluster.node is not None
+    statuses = pod.status.container_statuses or []
+    if not statuses or not statuses[0].container_id or statuses[0].state.running is None:
+        return False
+    container = statuses[0].container_id.removeprefix("containerd://")
+    found = list((CGROUPS / "memory" / cluster.node.cgroup_root.strip("/")).rglob(f"{container}/memory.limit_in_bytes"))
+    if not found:
+        return False
+    [limit] = found
+    stat = dict(line.split() for line in (limit.parent / "memory.stat").read_text().splitlines())
+    for margin in (8, 16, 32, 64):
+        try:  # the kernel reclaims page cache down to the new limit, or refuses it (EBUSY)
+            limit.write_text(str(int(stat["total_rss"]) + (margin << 20)))
+            return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.timeout(600)
+def test_an_exporter_killed_out_of_memory_is_reported_with_its_budget(
+    cluster: Cluster, api: client.ApiClient, namespace: str, store: Target, operator: ProcessServer, tmp_path: Path
+) -> None:
+    """The kernel kills each exporter pod of a run past its memory limit (the test lowers the limit under the pod,
+    since the exporter itself keeps within its budget): the Job fails, and the status and an Event say OOMKilled
+    and name the budget the pods ran under, with what to change."""
+    _upload_lake(store, tmp_path, f"lake/{namespace}", files=20, rows=30_000)  # an export of a few seconds
+    _manifests(api, namespace, store, schedule={"frequency": "daily", "startDate": "2026-11-01"})
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, FLOWS, "daily", {"spec": {"memoryBudget": "320Mi"}}
+    )
+    _wait_flow(api, namespace, lambda f: _condition(f, "Ready").get("status") == "True", "Ready", operator)
+    _annotate(api, namespace, "dsexport.io/run-now", "squeezed")
+    core = client.CoreV1Api(api)
+    squeezed: set[str] = set()
+
+    def recorded() -> bool:
+        for pod in core.list_namespaced_pod(namespace).items:
+            if pod.metadata.name not in squeezed and _squeeze(cluster, pod):
+                squeezed.add(pod.metadata.name)
+        return (_flow(api, namespace).get("status") or {}).get("lastExport") is not None
+
+    # The Job retries its pods (backoffLimit) after 10, 20 and 40 s: each is squeezed in turn.
+    wait_until(recorded, timeout=400, what="the out-of-memory run to be recorded", interval=0.1)
+    flow = _flow(api, namespace)
+    last = flow["status"]["lastExport"]
+    assert last["result"] == "Failed", _pod_logs(api, namespace)
+    pods = core.list_namespaced_pod(namespace).items
+    assert squeezed and {p.metadata.name for p in pods} <= squeezed
+    assert all(p.status.container_statuses[0].state.terminated.reason == "OOMKilled" for p in pods)
+    condition = _condition(flow, "LastExportSucceeded")
+    assert (condition["status"], condition["reason"]) == ("False", "OOMKilled")
+    expected = "OOMKilled: it used more than its memory budget 320Mi; raise spec.memoryBudget"
+    assert expected in last["message"] and expected in condition["message"]
+    wait_until(
+        lambda: any(expected in (e.message or "") for e in core.list_namespaced_event(namespace).items),
+        timeout=30,
+        what="an Event saying OOMKilled with the budget",
+    )
