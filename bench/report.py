@@ -271,17 +271,19 @@ incremental export over 10,000 already-exported files: it reads the latest manif
 finds nothing new. Rows marked *diagnostic* under Details are not targets: they isolate where the time goes."""
 
 METHOD = """\
-**Method.** Source data is `examples.sample.write_files` (nested experience events: structs, lists of
-structs, a map, timestamps), 100,000-row files with 65,536-row row groups, on the local disk and warm in the
-page cache. All contestants of one comparison run in one process, interleaved, the first of each repetition
-rotating; each writes into a fresh folder, `os.sync()` runs (untimed) before each run so nobody pays for
-another's dirty pages, and outputs are deleted after each run. Baselines read with the same batch size as
-dsexport (65,536 rows). Every contestant's row count is checked once. *cores* is process CPU time / wall time.
-Peak RSS: each measurement is a fresh `python -m dsexport.cli run ... -o json` child, started by a tiny
-launcher that reads `getrusage(RUSAGE_CHILDREN).ru_maxrss` after waiting for it (spawning the CLI straight
-from the benchmark process would report the benchmark's own size: Linux carries a vfork()ed child's pre-exec
-high-water mark into its ru_maxrss). The machine is shared with other work; the load average is recorded per
-section, and best-of-N is used because interference only ever adds time."""
+**Method.** Source data is `examples.sample.write_files` (nested experience events: structs, lists of structs,
+a map, timestamps), 100,000-row files with 65,536-row row groups, on the local disk and warm in the page
+cache. All contestants of one comparison run in one process, each once untimed first (the first run in a
+process pays for lazy imports, thread pools and the allocator's first pages, which would otherwise land on
+whichever contestant starts), then interleaved, the first of each repetition rotating; each writes into a
+fresh folder, `os.sync()` runs (untimed) before each run so nobody pays for another's dirty pages, and outputs
+are deleted after each run. Baselines read with the same batch size as dsexport (65,536 rows). Every
+contestant's row count is checked once. *cores* is process CPU time / wall time. Peak RSS: each measurement is
+a fresh `python -m dsexport.cli run ... -o json` child, started by a tiny launcher that reads
+`getrusage(RUSAGE_CHILDREN).ru_maxrss` after waiting for it (spawning the CLI straight from the benchmark
+process would report the benchmark's own size: Linux carries a vfork()ed child's pre-exec high-water mark into
+its ru_maxrss). The machine is shared with other work; the load average is recorded per section, and best-of-N
+is used because interference only ever adds time."""
 
 
 def render_run(report: Report, argv: Sequence[str]) -> str:

@@ -5,10 +5,10 @@ small data, and ``--write-docs`` rewrites docs/benchmarks.md with the results (i
 bench.upload's and stays as it is). Nothing else is written into the repository: generated data and every output
 go to a temporary folder on the local disk (or ``--data-dir``).
 
-Method, in short: every contestant of a comparison runs in this process, in the same session, interleaved
-(the order rotates each repetition), into a fresh output folder, with the source files warm in the page cache
-and ``os.sync()`` between runs so nobody pays for another's dirty pages. Peak RSS is measured in a fresh child
-process per measurement. See docs/benchmarks.md for what the numbers mean.
+Method, in short: every contestant of a comparison runs in this process, in the same session, once untimed and
+then interleaved (the order rotates each repetition), into a fresh output folder, with the source files warm in
+the page cache and ``os.sync()`` between runs so nobody pays for another's dirty pages. Peak RSS is measured in a
+fresh child process per measurement. See docs/benchmarks.md for what the numbers mean.
 
 This module is the orchestration: which comparisons run, against which targets, and what each adds to the
 report. The source data is in bench.data, the contestants in bench.baselines, the measuring in bench.measure,
