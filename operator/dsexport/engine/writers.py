@@ -278,9 +278,9 @@ def _row_groups(batches: Iterable[tuple[pa.RecordBatch, bool]], *, most_bytes: i
     groups) or a part's share of the batches ends; none longer than pyarrow's longest.
 
     The encoders hold several times a row group's size at once (its rows, each range's pages and its encoded
-    bytes, two row groups in flight and the next being cut), so a row group is kept near the size of a source batch, which the reader
-    already bounds (``memory.Plan.batch_bytes``); a batch far above that (a source whose batches the reader does
-    not size) is cut too."""
+    bytes, two row groups in flight and the next being cut), so a row group is kept near the size of a source
+    batch, which the reader already bounds (``memory.Plan.batch_bytes``); a batch far above that (a source whose
+    batches the reader does not size) is cut too."""
     pending: list[pa.RecordBatch] = []
     rows = size = 0
     for batch, part_end in batches:
