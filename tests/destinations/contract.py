@@ -6,6 +6,7 @@ Kept apart from conftest.py so that test modules can import them by name; fixtur
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -200,11 +201,12 @@ def export_from_the_store(
 
 
 def copied_from_the_store(
-    transport: Transport, tmp_path: Path, folder: str, *, source: str, **flow: Any
+    transport: Transport, tmp_path: Path, folder: str, *, source: str, via: str, **flow: Any
 ) -> list[tuple[dict[str, Any], bytes]]:
     """Two Parquet files (above the byte copy's smallest) put into the store under ``folder/lake/events``, exported
-    by the CLI from ``source`` (their URI, as the test makes it) into ``folder/out`` of ``transport``: each
-    manifest entry with its source file's bytes, which its part is, byte for byte, and whose size it records."""
+    by the CLI from ``source`` (their URI, as the test makes it) into ``folder/out`` of ``transport``: each part
+    is its source file, byte for byte, made ``via`` the way expected, with its size (and, streamed, its SHA-256)
+    in its manifest entry. Returns each entry with its source file's bytes, for what a store's copy records."""
     lake = tmp_path / "lake"
     sample.write_files(lake, files=2, rows_per_file=20_000, seed=11, start=START)  # above 1 MiB each: copied
     files = sorted(lake.glob("*.parquet"))
@@ -218,7 +220,9 @@ def copied_from_the_store(
     pairs = []
     for entry, f in zip(manifest["files"], files, strict=True):
         data = f.read_bytes()
-        assert (entry["source"], entry["bytes"]) == (f.name, len(data))
+        assert (entry["via"], entry["source"], entry["bytes"]) == (via, f.name, len(data))
         assert transport.get(f"{slot}/{entry['path']}") == data
+        if via == "copy":
+            assert entry["sha256"] == hashlib.sha256(data).hexdigest()
         pairs.append((entry, data))
     return pairs
